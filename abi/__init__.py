@@ -1,0 +1,91 @@
+"""The wasmkv plugin ABI: import names, signatures, status codes, limits.
+
+`abi/ABI.md` is the human-readable contract; this module is the same contract
+as Python constants. It imports nothing of ours, so both `kv` and `host` build
+on it.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+__all__ = [
+    "BATCH_MAX_ITEMS",
+    "ENTRY_SIGNATURE",
+    "HOST_IMPORTS",
+    "HOST_MODULE",
+    "I32",
+    "I64",
+    "KV_IMPORTS",
+    "KV_MODULE",
+    "LIST_MAX_LIMIT",
+    "MEMORY_EXPORT",
+    "LogLevel",
+    "Status",
+]
+
+
+class Status(enum.IntEnum):
+    """Result codes an import returns to the plugin (negative on error)."""
+
+    OK = 0
+    NOT_FOUND = -1
+    INVALID_KEY = -2
+    VALUE_TOO_LARGE = -3
+    QUOTA_EXCEEDED = -4
+    NOT_A_NUMBER = -5
+    INTEGER_OVERFLOW = -6
+    ACCESS_DENIED = -7
+    BAD_HANDLE = -8
+    BAD_POINTER = -9
+    RATE_LIMITED = -10
+    BACKEND_UNAVAILABLE = -11
+    INVALID_ARGUMENT = -12
+
+
+class LogLevel(enum.IntEnum):
+    """Levels accepted by `host.log`."""
+
+    DEBUG = 0
+    INFO = 1
+    WARNING = 2
+    ERROR = 3
+
+
+I32: Final = "i32"
+I64: Final = "i64"
+
+KV_MODULE: Final = "kv"
+HOST_MODULE: Final = "host"
+MEMORY_EXPORT: Final = "memory"
+
+#: The most keys one `list_keys` page, or one batch request, may carry.
+LIST_MAX_LIMIT: Final = 1000
+BATCH_MAX_ITEMS: Final = 1000
+
+#: `kv` imports: name -> (param types, result types).
+KV_IMPORTS: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "open": ((I32, I32), (I32,)),
+    "get": ((I32, I32, I32, I32, I32), (I32,)),
+    "set": ((I32, I32, I32, I32, I32), (I32,)),
+    "set_with_ttl": ((I32, I32, I32, I32, I32, I64), (I32,)),
+    "delete": ((I32, I32, I32), (I32,)),
+    "exists": ((I32, I32, I32), (I32,)),
+    "increment": ((I32, I32, I32, I64, I32), (I32,)),
+    "compare_and_swap": ((I32, I32, I32, I32, I32, I32, I32), (I32,)),
+    "list_keys": ((I32, I32, I32, I32, I32, I32, I32, I32), (I32,)),
+    "get_many": ((I32, I32, I32, I32, I32), (I32,)),
+    "set_many": ((I32, I32, I32, I32, I32), (I32,)),
+    "delete_many": ((I32, I32, I32, I32, I32), (I32,)),
+}
+
+#: `host` imports: name -> (param types, result types).
+HOST_IMPORTS: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "input": ((I32, I32), (I32,)),
+    "output": ((I32, I32), (I32,)),
+    "log": ((I32, I32, I32), ()),
+}
+
+#: An export with this signature is an entry point: `() -> i32` status.
+ENTRY_SIGNATURE: Final[tuple[tuple[str, ...], tuple[str, ...]]] = ((), (I32,))

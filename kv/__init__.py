@@ -1,0 +1,63 @@
+"""wasmkv's key-value store: tenants, quotas, TTLs, atomics and paginated listing.
+
+`KvStore.open(path)` is durable on an embedded engine (LMDB); `KvStore.memory()`
+lives in RAM. Engines implement `Store` (or `AsyncStore`, bridged with
+`SyncBridge`); the front layer (`KvStore` → `Tenant` → `Bucket`) validates every
+key and enforces quotas around any of them.
+"""
+
+from ._errors import (
+    AccessDenied,
+    BackendUnavailable,
+    IntegerOverflow,
+    InvalidArgument,
+    InvalidKey,
+    KvError,
+    NotANumber,
+    QuotaExceeded,
+    RateLimited,
+    ValueTooLarge,
+)
+from ._protocol import AsyncStore, Store
+from ._rules import (
+    DEFAULT_LIST_LIMIT,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_KEY_BYTES,
+    DEFAULT_MAX_KEYS,
+    DEFAULT_MAX_VALUE_BYTES,
+    MAX_TTL_MS,
+    KeyPage,
+    Namespace,
+    Quota,
+    Usage,
+)
+from ._store import DEFAULT_SWEEP_INTERVAL_S, Bucket, KvStore, Tenant
+
+__all__ = [
+    "DEFAULT_LIST_LIMIT",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_KEYS",
+    "DEFAULT_MAX_KEY_BYTES",
+    "DEFAULT_MAX_VALUE_BYTES",
+    "DEFAULT_SWEEP_INTERVAL_S",
+    "MAX_TTL_MS",
+    "AccessDenied",
+    "AsyncStore",
+    "BackendUnavailable",
+    "Bucket",
+    "IntegerOverflow",
+    "InvalidArgument",
+    "InvalidKey",
+    "KeyPage",
+    "KvError",
+    "KvStore",
+    "Namespace",
+    "NotANumber",
+    "Quota",
+    "QuotaExceeded",
+    "RateLimited",
+    "Store",
+    "Tenant",
+    "Usage",
+    "ValueTooLarge",
+]

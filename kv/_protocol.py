@@ -1,0 +1,107 @@
+"""What an engine implements: `Store` (synchronous) and its twin `AsyncStore`.
+
+Engines only store. The front layer (`KvStore` → `Tenant` → `Bucket`) has
+already validated every key, value and argument, checked the rate limit and
+turned keys into UTF-8 bytes; it passes the tenant's `Quota` to every write so
+that the engine can check it atomically with the write (under its own lock, or
+inside a server-side script). Engines raise only `KvError` subclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from ._rules import Namespace, Quota, Usage
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A synchronous engine. Keys are validated UTF-8 bytes; `ttl_ms=None` means no expiry."""
+
+    def get(self, ns: Namespace, key: bytes) -> bytes | None:
+        """The live value, or None."""
+
+    def get_many(self, ns: Namespace, keys: Sequence[bytes]) -> list[bytes | None]:
+        """The live values, in the order of `keys`."""
+
+    def exists(self, ns: Namespace, key: bytes) -> bool:
+        """Whether the key is live."""
+
+    def ttl(self, ns: Namespace, key: bytes) -> int | None:
+        """Milliseconds left before the key expires; None if it has no TTL or is missing."""
+
+    def set(self, ns: Namespace, key: bytes, value: bytes, ttl_ms: int | None, quota: Quota) -> None:
+        """Store a value, replacing any TTL with `ttl_ms`."""
+
+    def set_many(self, ns: Namespace, items: Sequence[tuple[bytes, bytes]], quota: Quota) -> None:
+        """Store several values at once, all or nothing; clears their TTLs."""
+
+    def delete(self, ns: Namespace, key: bytes) -> bool:
+        """Remove a key; True if it was live."""
+
+    def delete_many(self, ns: Namespace, keys: Sequence[bytes]) -> int:
+        """Remove keys; the number that were live."""
+
+    def increment(self, ns: Namespace, key: bytes, delta: int, quota: Quota) -> int:
+        """Add `delta` to a decimal counter (missing = 0), keeping its TTL; the new value."""
+
+    def compare_and_swap(self, ns: Namespace, key: bytes, expected: bytes | None, new: bytes, quota: Quota) -> bool:
+        """Set `new` (clearing the TTL) if the live value equals `expected` (None = absent)."""
+
+    def list_keys(self, ns: Namespace, prefix: bytes, after: bytes | None, limit: int) -> tuple[list[bytes], bool]:
+        """Up to `limit` live keys with `prefix` after `after`, in byte order, and whether more follow."""
+
+    def usage(self, tenant: str) -> Usage:
+        """The tenant's live keys and bytes, expired keys excluded."""
+
+    def close(self) -> None:
+        """Release the engine; idempotent."""
+
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """The asynchronous twin of `Store`: the same operations, awaited; `aclose` instead of `close`."""
+
+    async def get(self, ns: Namespace, key: bytes) -> bytes | None:
+        """As `Store.get`."""
+
+    async def get_many(self, ns: Namespace, keys: Sequence[bytes]) -> list[bytes | None]:
+        """As `Store.get_many`."""
+
+    async def exists(self, ns: Namespace, key: bytes) -> bool:
+        """As `Store.exists`."""
+
+    async def ttl(self, ns: Namespace, key: bytes) -> int | None:
+        """As `Store.ttl`."""
+
+    async def set(self, ns: Namespace, key: bytes, value: bytes, ttl_ms: int | None, quota: Quota) -> None:
+        """As `Store.set`."""
+
+    async def set_many(self, ns: Namespace, items: Sequence[tuple[bytes, bytes]], quota: Quota) -> None:
+        """As `Store.set_many`."""
+
+    async def delete(self, ns: Namespace, key: bytes) -> bool:
+        """As `Store.delete`."""
+
+    async def delete_many(self, ns: Namespace, keys: Sequence[bytes]) -> int:
+        """As `Store.delete_many`."""
+
+    async def increment(self, ns: Namespace, key: bytes, delta: int, quota: Quota) -> int:
+        """As `Store.increment`."""
+
+    async def compare_and_swap(
+        self, ns: Namespace, key: bytes, expected: bytes | None, new: bytes, quota: Quota
+    ) -> bool:
+        """As `Store.compare_and_swap`."""
+
+    async def list_keys(
+        self, ns: Namespace, prefix: bytes, after: bytes | None, limit: int
+    ) -> tuple[list[bytes], bool]:
+        """As `Store.list_keys`."""
+
+    async def usage(self, tenant: str) -> Usage:
+        """As `Store.usage`."""
+
+    async def aclose(self) -> None:
+        """As `Store.close`."""

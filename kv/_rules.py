@@ -1,0 +1,345 @@
+"""The store's rules that do no I/O: names, keys, values, TTLs, counters, cursors, quotas.
+
+Every engine (local or clustered) shares these, so they are written once here
+and the engines only move bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+import msgpack
+
+from abi import BATCH_MAX_ITEMS, LIST_MAX_LIMIT
+
+from ._errors import (
+    IntegerOverflow,
+    InvalidArgument,
+    InvalidKey,
+    NotANumber,
+    QuotaExceeded,
+    RateLimited,
+    ValueTooLarge,
+)
+
+DEFAULT_MAX_KEYS: Final = 10_000
+DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_MAX_VALUE_BYTES: Final = 1024 * 1024
+DEFAULT_MAX_KEY_BYTES: Final = 512
+DEFAULT_LIST_LIMIT: Final = 100
+#: TTLs are capped so that deadlines stay far inside a signed 64-bit millisecond clock.
+MAX_TTL_MS: Final = 100 * 365 * 24 * 3600 * 1000
+MAX_NAME_CHARS: Final = 64
+I64_MIN: Final = -(2**63)
+I64_MAX: Final = 2**63 - 1
+
+Clock = Callable[[], float]
+"""A clock returns seconds since the epoch as a float, like `time.time`."""
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_BAD_KEY_BYTE = re.compile(rb"[\x00-\x1f\x7f]")
+_COUNTER = re.compile(rb"-?[0-9]{1,19}\Z")
+_CURSOR_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Quota:
+    """Limits on one tenant, across all its buckets.
+
+    Bytes are counted as key bytes plus value bytes. `ops_per_second=None`
+    means no rate limit.
+    """
+
+    max_keys: int = DEFAULT_MAX_KEYS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES
+    ops_per_second: float | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("max_keys", "max_bytes", "max_value_bytes", "max_key_bytes"):
+            value = getattr(self, field)
+            if type(value) is not int or value < 1:
+                raise InvalidArgument(f"Quota.{field} must be a positive int, got {value!r}")
+        ops = self.ops_per_second
+        if ops is not None and (
+            isinstance(ops, bool) or not isinstance(ops, int | float) or not math.isfinite(ops) or ops <= 0
+        ):
+            raise InvalidArgument(f"Quota.ops_per_second must be a positive number or None, got {ops!r}")
+
+    def check(self, usage: Usage, add_keys: int, add_bytes: int) -> None:
+        """Check that growing `usage` by `add_keys` keys and `add_bytes` bytes stays in the quota.
+
+        Shrinking is always allowed, so an overwrite that does not grow usage
+        succeeds even at the limit.
+
+        Raises:
+            QuotaExceeded: if a growing dimension would end past its limit.
+        """
+        if add_keys > 0 and usage.keys + add_keys > self.max_keys:
+            raise QuotaExceeded(
+                f"quota exceeded: max_keys is {self.max_keys}, {usage.keys} in use and this write adds {add_keys}"
+            )
+        if add_bytes > 0 and usage.bytes + add_bytes > self.max_bytes:
+            raise QuotaExceeded(
+                f"quota exceeded: max_bytes is {self.max_bytes}, {usage.bytes} in use and this write adds {add_bytes}"
+            )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Usage:
+    """What a tenant holds now: live keys and their key + value bytes."""
+
+    keys: int = 0
+    bytes: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Namespace:
+    """A tenant's bucket: the unit of isolation every engine keys its data by.
+
+    `prefix` is the tenant and bucket joined with NUL bytes. Neither name may
+    contain NUL and no key may either, so no key can reach another namespace.
+    """
+
+    tenant: str
+    bucket: str
+    prefix: bytes = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_name("tenant", self.tenant)
+        check_name("bucket", self.bucket)
+        object.__setattr__(self, "prefix", f"{self.tenant}\0{self.bucket}\0".encode())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyPage:
+    """One page of `list_keys`: the keys in byte order, and the cursor for the next page (None at the end)."""
+
+    keys: list[str]
+    cursor: str | None
+
+
+def check_name(kind: str, name: object) -> str:
+    """Return `name` if it is a valid tenant or bucket name.
+
+    Raises:
+        InvalidArgument: unless it is 1-64 characters of `[A-Za-z0-9_-]`.
+    """
+    if type(name) is not str or _NAME.match(name) is None:
+        raise InvalidArgument(f"{kind} name must be 1-{MAX_NAME_CHARS} characters of [A-Za-z0-9_-], got {name!r}")
+    return name
+
+
+def encode_key(key: object, max_key_bytes: int, *, what: str = "key", allow_empty: bool = False) -> bytes:
+    """Validate a key (a str, or its UTF-8 bytes as plugins pass it) and return its UTF-8 bytes.
+
+    Raises:
+        InvalidKey: if `key` is neither, is empty, is longer than
+            `max_key_bytes` in UTF-8, is not valid UTF-8 (lone surrogates
+            included), or contains a control character (U+0000-U+001F, U+007F).
+    """
+    if type(key) is str:
+        try:
+            raw = key.encode()
+        except UnicodeEncodeError:
+            raise InvalidKey(f"{what} is not valid UTF-8 (lone surrogate): {key!r}") from None
+        return check_key_bytes(raw, max_key_bytes, what=what, allow_empty=allow_empty)
+    if type(key) is bytes:
+        decode_key(key, max_key_bytes, what=what, allow_empty=allow_empty)
+        return key
+    raise InvalidKey(f"{what} must be str, got {type(key).__name__}")
+
+
+def check_key_bytes(raw: bytes, max_key_bytes: int, *, what: str = "key", allow_empty: bool = False) -> bytes:
+    """Check the length and characters of a key (or prefix) in UTF-8 bytes; return it.
+
+    Raises:
+        InvalidKey: if empty (unless `allow_empty`), over `max_key_bytes`, or holding a control character.
+    """
+    if not raw and not allow_empty:
+        raise InvalidKey(f"{what} must not be empty")
+    if len(raw) > max_key_bytes:
+        raise InvalidKey(f"{what} is {len(raw)} bytes, over max_key_bytes {max_key_bytes}")
+    if _BAD_KEY_BYTE.search(raw) is not None:
+        raise InvalidKey(f"{what} contains a control character (U+0000-U+001F or U+007F): {raw!r}")
+    return raw
+
+
+def decode_key(raw: bytes, max_key_bytes: int, *, what: str = "key", allow_empty: bool = False) -> str:
+    """Validate a key given as UTF-8 bytes (from a plugin) and return it as str.
+
+    Raises:
+        InvalidKey: if the bytes are not UTF-8, or as `encode_key`.
+    """
+    check_key_bytes(raw, max_key_bytes, what=what, allow_empty=allow_empty)
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise InvalidKey(f"{what} is not valid UTF-8: {raw!r}") from None
+
+
+def check_value(value: object, max_value_bytes: int) -> bytes:
+    """Return `value` as bytes if it is bytes-like and within `max_value_bytes`.
+
+    Raises:
+        InvalidArgument: if it is not bytes, bytearray or memoryview.
+        ValueTooLarge: if it is longer than `max_value_bytes`.
+    """
+    if type(value) is not bytes:
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise InvalidArgument(f"value must be bytes, got {type(value).__name__}")
+        value = bytes(value)
+    if len(value) > max_value_bytes:
+        raise ValueTooLarge(f"value is {len(value)} bytes, over max_value_bytes {max_value_bytes}")
+    return value
+
+
+def check_ttl_ms(ttl_ms: object) -> int:
+    """Return `ttl_ms` if it is an int in 1..`MAX_TTL_MS`.
+
+    Raises:
+        InvalidArgument: otherwise.
+    """
+    if type(ttl_ms) is not int or not 0 < ttl_ms <= MAX_TTL_MS:
+        raise InvalidArgument(f"ttl_ms must be an int in 1..{MAX_TTL_MS}, got {ttl_ms!r}")
+    return ttl_ms
+
+
+def check_limit(limit: object) -> int:
+    """Return a `list_keys` page size if it is an int in 1..1000.
+
+    Raises:
+        InvalidArgument: otherwise.
+    """
+    if type(limit) is not int or not 1 <= limit <= LIST_MAX_LIMIT:
+        raise InvalidArgument(f"limit must be an int in 1..{LIST_MAX_LIMIT}, got {limit!r}")
+    return limit
+
+
+def check_delta(delta: object) -> int:
+    """Return an `increment` delta if it is a signed 64-bit int.
+
+    Raises:
+        InvalidArgument: otherwise.
+    """
+    if type(delta) is not int or not I64_MIN <= delta <= I64_MAX:
+        raise InvalidArgument(f"delta must be an int in the signed 64-bit range, got {delta!r}")
+    return delta
+
+
+def check_batch_size(count: int) -> None:
+    """Check the number of items in one batch request.
+
+    Raises:
+        InvalidArgument: if over `abi.BATCH_MAX_ITEMS`.
+    """
+    if count > BATCH_MAX_ITEMS:
+        raise InvalidArgument(f"a batch holds at most {BATCH_MAX_ITEMS} items, got {count}")
+
+
+def parse_counter(value: bytes) -> int:
+    """Parse a stored counter: signed 64-bit decimal ASCII, as `increment` writes it.
+
+    Raises:
+        NotANumber: if the value is anything else.
+    """
+    if _COUNTER.match(value) is None or not I64_MIN <= (number := int(value)) <= I64_MAX:
+        shown = value[:40] + (b"..." if len(value) > 40 else b"")
+        raise NotANumber(f"value is not a signed 64-bit decimal integer: {shown!r}")
+    return number
+
+
+def add_counter(current: int, delta: int) -> int:
+    """Add with the signed 64-bit range enforced.
+
+    Raises:
+        IntegerOverflow: if the sum leaves the range (never wraps or saturates).
+    """
+    total = current + delta
+    if not I64_MIN <= total <= I64_MAX:
+        raise IntegerOverflow(f"increment of {current} by {delta} leaves the signed 64-bit range")
+    return total
+
+
+def deadline_ms(clock: Clock, ttl_ms: int) -> int:
+    """The absolute expiry time, in epoch milliseconds, of a key set now with `ttl_ms`."""
+    return int(clock() * 1000) + ttl_ms
+
+
+def now_ms(clock: Clock) -> int:
+    """The clock's time in epoch milliseconds."""
+    return int(clock() * 1000)
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with `prefix` (None if unbounded)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def encode_cursor(prefix: bytes, last_key: bytes) -> str:
+    """Make the opaque cursor that resumes a listing of `prefix` after `last_key`."""
+    packed = msgpack.packb([_CURSOR_VERSION, prefix, last_key])
+    return base64.urlsafe_b64encode(packed).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: object, prefix: bytes) -> bytes:
+    """Return the key a cursor resumes after, checking it belongs to this `prefix`.
+
+    Raises:
+        InvalidArgument: if the cursor is not one `list_keys` returned for this prefix.
+    """
+    if type(cursor) is not str:
+        raise InvalidArgument(f"cursor must be a str returned by list_keys, got {type(cursor).__name__}")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        version, cursor_prefix, last_key = msgpack.unpackb(raw)
+    except (binascii.Error, ValueError, TypeError, msgpack.UnpackException):
+        raise InvalidArgument(f"cursor is not one returned by list_keys: {cursor[:64]!r}") from None
+    if version != _CURSOR_VERSION or type(cursor_prefix) is not bytes or type(last_key) is not bytes:
+        raise InvalidArgument(f"cursor is not one returned by list_keys: {cursor[:64]!r}")
+    if cursor_prefix != prefix or not last_key.startswith(prefix):
+        raise InvalidArgument("cursor was returned for a different prefix")
+    return last_key
+
+
+class RateLimiter:
+    """A token bucket: `rate` operations per second with a burst of one second's worth.
+
+    Thread-safe. The clock is monotonic seconds (injectable for tests).
+    """
+
+    __slots__ = ("_clock", "_lock", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, clock: Clock = time.monotonic) -> None:
+        self._rate = float(rate)
+        self._tokens = max(self._rate, 1.0)
+        self._clock = clock
+        self._stamp = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self, count: int = 1) -> None:
+        """Take `count` tokens.
+
+        Raises:
+            RateLimited: if the bucket holds fewer; then none are taken.
+        """
+        with self._lock:
+            now = self._clock()
+            burst = max(self._rate, 1.0)
+            self._tokens = min(burst, self._tokens + (now - self._stamp) * self._rate)
+            self._stamp = now
+            if self._tokens < count:
+                raise RateLimited(f"rate limited: ops_per_second is {self._rate:g}")
+            self._tokens -= count

@@ -1,0 +1,397 @@
+"""The front layer every caller goes through: `KvStore` → `Tenant` → `Bucket`.
+
+It owns the policy (names, key and value validation, rate limits, which quota
+applies) and hands engines only valid input; see `kv._protocol.Store`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final
+
+from ._errors import BackendUnavailable, InvalidArgument
+from ._lmdb import LmdbStore
+from ._protocol import Store
+from ._rules import (
+    DEFAULT_LIST_LIMIT,
+    Clock,
+    KeyPage,
+    Namespace,
+    Quota,
+    RateLimiter,
+    Usage,
+    check_batch_size,
+    check_delta,
+    check_limit,
+    check_name,
+    check_ttl_ms,
+    check_value,
+    decode_cursor,
+    encode_cursor,
+    encode_key,
+)
+
+__all__ = [
+    "DEFAULT_SWEEP_INTERVAL_S",
+    "Bucket",
+    "KvStore",
+    "Tenant",
+]
+
+#: How often the background sweeper reclaims the space of expired keys.
+DEFAULT_SWEEP_INTERVAL_S: Final = 1.0
+
+Key = str | bytes
+"""A key: a str, or its UTF-8 bytes (as plugins pass them)."""
+
+_log = logging.getLogger("kv")
+
+
+class KvStore:
+    """A key-value store: tenants with quotas, each with named buckets.
+
+    Build one with `KvStore.open(path)` (durable) or `KvStore.memory()`, or
+    wrap any engine implementing `kv.Store`. Thread-safe; a context manager.
+    """
+
+    def __init__(
+        self,
+        engine: Store,
+        *,
+        clock: Clock = time.time,
+        sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._tenants: dict[str, Tenant] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._on_close = on_close
+        self._sweeper: threading.Thread | None = None
+        sweep = getattr(engine, "sweep", None)
+        if sweep is not None and sweep_interval_s is not None:
+            self._sweeper = threading.Thread(
+                target=self._sweep_forever, args=(sweep, sweep_interval_s), name="kv-sweeper", daemon=True
+            )
+            self._sweeper.start()
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        fsync: bool = False,
+        clock: Clock = time.time,
+        sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S,
+    ) -> KvStore:
+        """Open (or create) a durable store in directory `path`.
+
+        Every write that returns is on disk when the process dies, however it
+        dies. `fsync=True` also makes it survive power loss (an fsync per commit).
+
+        Raises:
+            BackendUnavailable: if the directory cannot be opened as a store.
+        """
+        return cls(LmdbStore(path, fsync=fsync, clock=clock), clock=clock, sweep_interval_s=sweep_interval_s)
+
+    @classmethod
+    def memory(cls, *, clock: Clock = time.time, sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S) -> KvStore:
+        """A store that lives in RAM and vanishes on `close()`, for tests and scratch work.
+
+        It is the embedded engine in a private directory on a RAM-backed
+        filesystem (`/dev/shm` where there is one), so it behaves exactly like
+        a durable store.
+        """
+        shm = "/dev/shm"
+        directory = tempfile.mkdtemp(prefix="wasmkv-", dir=shm if os.path.isdir(shm) else None)
+        try:
+            engine = LmdbStore(directory, clock=clock)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return cls(
+            engine,
+            clock=clock,
+            sweep_interval_s=sweep_interval_s,
+            on_close=lambda: shutil.rmtree(directory, ignore_errors=True),
+        )
+
+    def tenant(self, name: str, quota: Quota | None = None) -> Tenant:
+        """The tenant called `name`, with `quota` (or the default `Quota()`).
+
+        Asking again for the same name returns the same tenant; passing a
+        quota replaces its quota for later operations.
+
+        Raises:
+            InvalidArgument: if the name is not 1-64 chars of `[A-Za-z0-9_-]` or `quota` is not a `Quota`.
+        """
+        check_name("tenant", name)
+        if quota is not None and not isinstance(quota, Quota):
+            raise InvalidArgument(f"quota must be a kv.Quota, got {type(quota).__name__}")
+        with self._lock:
+            tenant = self._tenants.get(name)
+            if tenant is None:
+                tenant = self._tenants[name] = Tenant(self, name, quota or Quota())
+            elif quota is not None:
+                tenant.set_quota(quota)
+            return tenant
+
+    def sweep(self) -> int:
+        """Reclaim expired keys now (the background sweeper does this every second); the number reclaimed."""
+        sweep = getattr(self.engine, "sweep", None)
+        total = 0
+        if sweep is not None:
+            while count := sweep():
+                total += count
+        return total
+
+    def close(self) -> None:
+        """Stop the sweeper and close the engine; idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._sweeper is not None:
+            self._sweeper.join()
+        self.engine.close()
+        if self._on_close is not None:
+            self._on_close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` has been called."""
+        return self._closed.is_set()
+
+    def __enter__(self) -> KvStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _sweep_forever(self, sweep: Callable[[], int], interval_s: float) -> None:
+        while not self._closed.wait(interval_s):
+            try:
+                while sweep() and not self._closed.is_set():
+                    pass
+            except BackendUnavailable as exc:
+                _log.warning("expired-key sweep failed: %s", exc)
+
+
+class Tenant:
+    """One tenant of a store: a quota shared by all its buckets."""
+
+    def __init__(self, store: KvStore, name: str, quota: Quota) -> None:
+        self.store = store
+        self.name = name
+        self.quota = quota
+        self._limiter: RateLimiter | None = None
+        self.set_quota(quota)
+
+    def set_quota(self, quota: Quota) -> None:
+        """Replace the quota; data already stored stays, further growth is checked against the new one."""
+        self.quota = quota
+        self._limiter = None if quota.ops_per_second is None else RateLimiter(quota.ops_per_second, time.monotonic)
+
+    def bucket(self, name: str = "default") -> Bucket:
+        """The bucket called `name` in this tenant.
+
+        Raises:
+            InvalidArgument: if the name is not 1-64 chars of `[A-Za-z0-9_-]`.
+        """
+        return Bucket(self, Namespace(self.name, check_name("bucket", name)))
+
+    def usage(self) -> Usage:
+        """Keys and bytes (key + value) this tenant holds now; expired keys never count."""
+        return self.store.engine.usage(self.name)
+
+    def __repr__(self) -> str:
+        return f"Tenant({self.name!r}, quota={self.quota!r})"
+
+
+class Bucket:
+    """A tenant's named key space. Every method validates its input and changes nothing on error.
+
+    Keys are `str` (or their UTF-8 bytes), 1..`max_key_bytes` bytes with no
+    control characters; values are `bytes` up to `max_value_bytes`.
+    """
+
+    __slots__ = ("_engine", "_ns", "tenant")
+
+    def __init__(self, tenant: Tenant, ns: Namespace) -> None:
+        self.tenant = tenant
+        self._ns = ns
+        self._engine = tenant.store.engine
+
+    @property
+    def name(self) -> str:
+        """The bucket's name."""
+        return self._ns.bucket
+
+    def _key(self, key: Key) -> bytes:
+        tenant = self.tenant
+        raw = encode_key(key, tenant.quota.max_key_bytes)
+        # Validate first: a rejected call must not spend the tenant's rate.
+        if tenant._limiter is not None:
+            tenant._limiter.acquire()
+        return raw
+
+    def _keys(self, keys: Iterable[Key]) -> list[bytes]:
+        if isinstance(keys, str | bytes):
+            raise InvalidArgument("keys must be a collection of keys, not a single key")
+        keys = list(keys)
+        check_batch_size(len(keys))
+        max_key_bytes = self.tenant.quota.max_key_bytes
+        raw = [encode_key(key, max_key_bytes) for key in keys]
+        if self.tenant._limiter is not None:
+            self.tenant._limiter.acquire(max(1, len(raw)))
+        return raw
+
+    def get(self, key: Key) -> bytes | None:
+        """The value stored at `key`, or None if it is missing or expired.
+
+        Raises:
+            InvalidKey: if the key is invalid.
+            RateLimited: if the tenant is over `ops_per_second`.
+        """
+        return self._engine.get(self._ns, self._key(key))
+
+    def set(self, key: Key, value: bytes) -> None:
+        """Store `value` at `key`, removing any TTL.
+
+        Raises:
+            InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited: as named; nothing is written.
+        """
+        value = check_value(value, self.tenant.quota.max_value_bytes)
+        self._engine.set(self._ns, self._key(key), value, None, self.tenant.quota)
+
+    def set_with_ttl(self, key: Key, value: bytes, ttl_ms: int) -> None:
+        """Store `value` at `key`, to expire `ttl_ms` milliseconds from now.
+
+        Raises:
+            InvalidArgument: unless 0 < ttl_ms <= `MAX_TTL_MS`.
+            InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited: as named; nothing is written.
+        """
+        value = check_value(value, self.tenant.quota.max_value_bytes)
+        ttl_ms = check_ttl_ms(ttl_ms)
+        self._engine.set(self._ns, self._key(key), value, ttl_ms, self.tenant.quota)
+
+    def delete(self, key: Key) -> bool:
+        """Remove `key`; True if it existed (and had not expired).
+
+        Raises:
+            InvalidKey, RateLimited: as named.
+        """
+        return self._engine.delete(self._ns, self._key(key))
+
+    def exists(self, key: Key) -> bool:
+        """Whether `key` holds a live value.
+
+        Raises:
+            InvalidKey, RateLimited: as named.
+        """
+        return self._engine.exists(self._ns, self._key(key))
+
+    def ttl(self, key: Key) -> int | None:
+        """Milliseconds before `key` expires; None if it has no TTL or does not exist.
+
+        Raises:
+            InvalidKey, RateLimited: as named.
+        """
+        return self._engine.ttl(self._ns, self._key(key))
+
+    def increment(self, key: Key, delta: int = 1) -> int:
+        """Add `delta` to the signed 64-bit counter at `key` and return the new value.
+
+        A missing key counts as 0. The value is stored as decimal ASCII (so
+        `get` returns e.g. `b"42"`), and the key keeps its TTL.
+
+        Raises:
+            InvalidArgument: if `delta` is not a signed 64-bit int.
+            NotANumber: if the stored value is not a signed 64-bit decimal integer.
+            IntegerOverflow: if the result leaves the signed 64-bit range.
+            InvalidKey, QuotaExceeded, RateLimited: as named; nothing is written.
+        """
+        delta = check_delta(delta)
+        return self._engine.increment(self._ns, self._key(key), delta, self.tenant.quota)
+
+    def compare_and_swap(self, key: Key, expected: bytes | None, new: bytes) -> bool:
+        """Atomically set `new` if the value at `key` equals `expected`; True if swapped.
+
+        `expected=None` means "only if absent" (an expired key is absent). A
+        successful swap behaves like `set`: it clears the TTL.
+
+        Raises:
+            InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited: as named; nothing is written.
+        """
+        max_value_bytes = self.tenant.quota.max_value_bytes
+        if expected is not None:
+            # No size limit on `expected`: a value longer than any storable one simply never matches.
+            if not isinstance(expected, bytes | bytearray | memoryview):
+                raise InvalidArgument(f"expected must be bytes or None, got {type(expected).__name__}")
+            expected = bytes(expected)
+        new = check_value(new, max_value_bytes)
+        raw = self._key(key)
+        return self._engine.compare_and_swap(self._ns, raw, expected, new, self.tenant.quota)
+
+    def list_keys(self, prefix: str = "", cursor: str | None = None, limit: int = DEFAULT_LIST_LIMIT) -> KeyPage:
+        """One page of the keys starting with `prefix`, in the byte order of their UTF-8.
+
+        Pass the returned `cursor` back to get the next page; it is None when
+        the listing is complete. Keys not written during the listing appear
+        exactly once.
+
+        Raises:
+            InvalidKey: if the prefix is too long or has a control character.
+            InvalidArgument: if `limit` is not in 1..1000 or the cursor is not one this listing returned.
+            RateLimited: as named.
+        """
+        tenant = self.tenant
+        raw_prefix = encode_key(prefix, tenant.quota.max_key_bytes, what="prefix", allow_empty=True)
+        limit = check_limit(limit)
+        after = None if cursor is None else decode_cursor(cursor, raw_prefix)
+        if tenant._limiter is not None:
+            tenant._limiter.acquire()
+        keys, more = self._engine.list_keys(self._ns, raw_prefix, after, limit)
+        next_cursor = encode_cursor(raw_prefix, keys[-1]) if more and keys else None
+        return KeyPage(keys=[key.decode() for key in keys], cursor=next_cursor)
+
+    def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
+        """The values at `keys`, in order (None where missing); at most 1000 keys.
+
+        Raises:
+            InvalidKey, RateLimited: as named.
+            InvalidArgument: if more than 1000 keys are given.
+        """
+        return self._engine.get_many(self._ns, self._keys(keys))
+
+    def set_many(self, items: Mapping[Key, bytes] | Iterable[tuple[Key, bytes]]) -> None:
+        """Store several values at once, all or nothing; clears their TTLs. At most 1000 items.
+
+        Raises:
+            InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited, InvalidArgument: as named; nothing is written.
+        """
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        for pair in pairs:
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise InvalidArgument(f"set_many takes a mapping or (key, value) pairs, got {pair!r:.80}")
+        max_value_bytes = self.tenant.quota.max_value_bytes
+        values = [check_value(value, max_value_bytes) for _, value in pairs]
+        raw = self._keys(key for key, _ in pairs)
+        self._engine.set_many(self._ns, list(zip(raw, values, strict=True)), self.tenant.quota)
+
+    def delete_many(self, keys: Iterable[Key]) -> int:
+        """Remove several keys at once; the number that existed. At most 1000 keys.
+
+        Raises:
+            InvalidKey, RateLimited, InvalidArgument: as named; nothing is removed.
+        """
+        return self._engine.delete_many(self._ns, self._keys(keys))
+
+    def __repr__(self) -> str:
+        return f"Bucket(tenant={self.tenant.name!r}, name={self.name!r})"
