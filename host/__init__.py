@@ -1,0 +1,39 @@
+"""wasmkv's host: run WebAssembly plugins on wasmtime with fast, quota-limited KV imports.
+
+`Host(store).load(path, name=..., tenant=...)` returns a `Plugin`; `plugin.call(export, input)`
+runs an entry point and returns its output. See `abi/ABI.md` for the plugin side.
+"""
+
+from ._errors import (
+    ConfigError,
+    HostError,
+    LoadError,
+    PluginError,
+    PluginFuelExhausted,
+    PluginStatusError,
+    PluginTimeout,
+    PluginTrap,
+    UnknownExport,
+)
+from ._host import EPOCH_TICK_MS, Host, Source
+from ._limits import DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_BYTES, Limits
+from ._plugin import Plugin
+
+__all__ = [
+    "DEFAULT_DEADLINE_MS",
+    "DEFAULT_MEMORY_BYTES",
+    "EPOCH_TICK_MS",
+    "ConfigError",
+    "Host",
+    "HostError",
+    "Limits",
+    "LoadError",
+    "Plugin",
+    "PluginError",
+    "PluginFuelExhausted",
+    "PluginStatusError",
+    "PluginTimeout",
+    "PluginTrap",
+    "Source",
+    "UnknownExport",
+]

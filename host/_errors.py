@@ -1,0 +1,83 @@
+"""Errors raised by the host.
+
+Errors a plugin *sees* are kv status codes returned by its imports; errors the
+*host's caller* sees are these::
+
+    HostError
+    ├── LoadError                the module cannot be loaded as a plugin
+    ├── ConfigError              a wasmkv.toml is invalid (file, key and reason)
+    └── PluginError              a call failed; carries plugin, export and output
+        ├── UnknownExport        no entry point of that name
+        ├── PluginStatusError    the entry point returned a non-zero status
+        └── PluginTrap           the plugin trapped (its instance is replaced)
+            ├── PluginTimeout        the wall-clock deadline passed
+            └── PluginFuelExhausted  the fuel budget ran out
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "HostError",
+    "LoadError",
+    "PluginError",
+    "PluginFuelExhausted",
+    "PluginStatusError",
+    "PluginTimeout",
+    "PluginTrap",
+    "UnknownExport",
+]
+
+
+class HostError(Exception):
+    """Root of every error the host raises."""
+
+
+class LoadError(HostError):
+    """The module cannot be loaded: not WebAssembly, wrong imports, no `memory` export, or over its limits."""
+
+
+class ConfigError(HostError):
+    """A configuration file is invalid; the message names the file, the key and the reason."""
+
+
+class PluginError(HostError):
+    """A plugin call failed.
+
+    Attributes: `plugin` and `export` name the call, `output` holds what the
+    plugin had written with `host.output` before failing.
+    """
+
+    def __init__(self, message: str, *, plugin: str, export: str, output: bytes = b"") -> None:
+        super().__init__(message)
+        self.plugin = plugin
+        self.export = export
+        self.output = output
+
+
+class UnknownExport(PluginError):
+    """The plugin has no entry point (`() -> i32` export) of that name."""
+
+
+class PluginStatusError(PluginError):
+    """The entry point returned a non-zero status, in `status`."""
+
+    def __init__(self, message: str, *, plugin: str, export: str, status: int, output: bytes = b"") -> None:
+        super().__init__(message, plugin=plugin, export=export, output=output)
+        self.status = status
+
+
+class PluginTrap(PluginError):
+    """The plugin trapped; `reason` says why. Its instance is replaced, its stored state kept."""
+
+    def __init__(self, message: str, *, plugin: str, export: str, reason: str, output: bytes = b"") -> None:
+        super().__init__(message, plugin=plugin, export=export, output=output)
+        self.reason = reason
+
+
+class PluginTimeout(PluginTrap):
+    """The call ran past its wall-clock deadline and was interrupted."""
+
+
+class PluginFuelExhausted(PluginTrap):
+    """The call used up its fuel budget."""
