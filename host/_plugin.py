@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
@@ -130,9 +131,10 @@ class _Instance:
         plugin.host._arm(self.store, plugin.limits)
         try:
             instance = self.linker.instantiate(self.store, version.module)
-        except wasmtime.WasmtimeError as exc:
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             self.close()
-            raise LoadError(f"plugin {plugin.name!r} failed to instantiate: {exc}") from exc
+            raise LoadError(f"plugin {plugin.name!r} failed to instantiate: {_trap_reason(exc)}") from exc
+        self.wasm_instance = instance
         exports = instance.exports(self.store)
         memory = exports[MEMORY_EXPORT]
         assert isinstance(memory, wasmtime.Memory)
@@ -270,13 +272,14 @@ class _Instance:
     def _unpack(self, s: Slots) -> object:
         request = self._read(s[4], s[8])
         try:
-            # raw=True: keys arrive as bytes and the bucket checks their UTF-8 (-2, not -12).
-            return msgpack.unpackb(request, raw=True, strict_map_key=False)
+            # surrogateescape: a str key that is not UTF-8 survives unpacking and fails
+            # the bucket's key check (-2, like any invalid key), not the whole request (-12).
+            return msgpack.unpackb(request, raw=False, unicode_errors="surrogateescape", strict_map_key=False)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise kv.InvalidArgument(f"request is not valid msgpack: {exc}") from None
 
-    def _key_list(self, request: object) -> list[bytes]:
-        if not isinstance(request, list) or not all(isinstance(key, bytes) for key in request):
+    def _key_list(self, request: object) -> list[str | bytes]:
+        if not isinstance(request, list) or not all(isinstance(key, str | bytes) for key in request):
             raise kv.InvalidArgument("request must be a msgpack array of str keys")
         return request
 
@@ -292,7 +295,7 @@ class _Instance:
         bucket = self._bucket(s[0])
         request = self._unpack(s)
         if not isinstance(request, dict) or not all(
-            isinstance(key, bytes) and isinstance(value, bytes) for key, value in request.items()
+            isinstance(key, str | bytes) and isinstance(value, bytes) for key, value in request.items()
         ):
             raise kv.InvalidArgument("request must be a msgpack map of str keys to bin values")
         bucket.set_many(request)
@@ -316,6 +319,15 @@ class _Instance:
     def _log(self, s: Slots) -> None:
         text = self._read(s[4], s[8]).decode("utf-8", "replace")
         self.plugin.logger.log(_LOG_LEVELS.get(s[0], logging.INFO), "%s", text)
+
+
+def _trap_reason(exc: Exception) -> str:
+    """The root cause of a wasmtime trap message, e.g. "wasm `unreachable` instruction executed"."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    cause = re.sub(r"^\d+: ", "", lines[-1])
+    return cause.removeprefix("wasm trap: ")
 
 
 class Version:
@@ -435,7 +447,7 @@ class Plugin:
                 reason="fuel",
                 output=output,
             )
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = _trap_reason(exc)
         return PluginTrap(
             f"plugin {self.name!r} export {export!r} trapped: {reason}",
             plugin=self.name,

@@ -279,31 +279,38 @@ class LmdbStore:
 
     def get(self, ns: Namespace, key: bytes) -> bytes | None:
         """The live value, or None."""
+        prefix = ns.prefix
         try:
             txn = self._env.begin(db=self._data, buffers=True)
-            try:
-                # The common short key is read inline; long keys go through their box.
-                prefix = ns.prefix
-                record: bytes | memoryview | None
-                if len(key) + len(prefix) < _MAX_LMDB_KEY:
-                    record = txn.get(prefix + key)
-                else:
-                    record = _lookup(txn, self._data, prefix, key)
-                if record is None:
-                    return None
-                if record[0] != _NO_TTL and int.from_bytes(record[1:9], "big") <= now_ms(self._clock):
-                    return None
-                return _value_of(record)
-            finally:
-                txn.abort()
         except lmdb.Error as exc:
             raise self._unavailable(exc) from exc
+        try:
+            if len(key) + len(prefix) >= _MAX_LMDB_KEY:
+                return self._live_value(_lookup(txn, self._data, prefix, key), now_ms(self._clock))
+            # The common short key is read inline.
+            record = txn.get(prefix + key)
+            if record is None:
+                return None
+            if record[0] == _NO_TTL:
+                return record[1:].tobytes()
+            if int.from_bytes(record[1:9], "big") <= now_ms(self._clock):
+                return None
+            return record[9:].tobytes()
+        finally:
+            txn.abort()
 
     def get_many(self, ns: Namespace, keys: Sequence[bytes]) -> list[bytes | None]:
         """The live values, in the order of `keys`."""
+        prefix = ns.prefix
+        short = _MAX_LMDB_KEY - len(prefix)
         with self._read() as txn:
             now = now_ms(self._clock)
-            return [self._live_value(_lookup(txn, self._data, ns.prefix, key), now) for key in keys]
+            get = txn.get
+            out: list[bytes | None] = []
+            for key in keys:
+                record = get(prefix + key) if len(key) < short else _lookup(txn, self._data, prefix, key)
+                out.append(None if record is None else self._live_value(record, now))
+            return out
 
     def exists(self, ns: Namespace, key: bytes) -> bool:
         """Whether the key is live."""
@@ -337,6 +344,19 @@ class LmdbStore:
                     return keys, True
                 keys.append(key)
         return keys, False
+
+    def namespaces(self) -> list[Namespace]:
+        """Every (tenant, bucket) that holds at least one stored record, in byte order."""
+        found: list[Namespace] = []
+        with self._read() as txn:
+            cursor = txn.cursor()
+            position = cursor.first()
+            while position:
+                tenant, bucket, _ = bytes(cursor.key()).split(b"\0", 2)
+                found.append(Namespace(tenant.decode(), bucket.decode()))
+                # Skip the rest of this namespace: its keys all sort before tenant NUL bucket 0x01.
+                position = cursor.set_range(tenant + b"\0" + bucket + b"\1")
+        return found
 
     def usage(self, tenant: str) -> Usage:
         """The tenant's live keys and bytes; sweeps its expired keys first so they never count."""

@@ -147,6 +147,9 @@ def encode_key(key: object, max_key_bytes: int, *, what: str = "key", allow_empt
             `max_key_bytes` in UTF-8, is not valid UTF-8 (lone surrogates
             included), or contains a control character (U+0000-U+001F, U+007F).
     """
+    # Fast path for the common key: printable ASCII (no control characters) within the limit.
+    if type(key) is str and key.isascii() and key.isprintable() and 0 < len(key) <= max_key_bytes:
+        return key.encode("ascii")
     if type(key) is str:
         try:
             raw = key.encode()

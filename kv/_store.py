@@ -259,7 +259,12 @@ class Bucket:
             InvalidKey: if the key is invalid.
             RateLimited: if the tenant is over `ops_per_second`.
         """
-        return self._engine.get(self._ns, self._key(key))
+        # The hot path, inlined: validate, spend one rate token, read.
+        tenant = self.tenant
+        raw = encode_key(key, tenant.quota.max_key_bytes)
+        if tenant._limiter is not None:
+            tenant._limiter.acquire()
+        return self._engine.get(self._ns, raw)
 
     def set(self, key: Key, value: bytes) -> None:
         """Store `value` at `key`, removing any TTL.

@@ -1,0 +1,143 @@
+"""The `wasmkv` command line: run a plugin against the embedded store, inspect the store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+import kv
+
+from ._errors import HostError, PluginError, PluginStatusError, UnknownExport
+from ._host import Host
+from ._limits import DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_BYTES, Limits
+
+__all__ = ["DEFAULT_STATE_DIR", "main"]
+
+#: Where `run` and `inspect` keep the embedded store unless `--state` says otherwise.
+DEFAULT_STATE_DIR: Final = Path(".wasmkv") / "state"
+
+EXIT_OK: Final = 0
+EXIT_PLUGIN_STATUS: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_PLUGIN_FAILED: Final = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wasmkv", description="Run WebAssembly plugins with durable key-value state.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="call a plugin's entry point once")
+    run.add_argument("plugin", help="a .wasm or .wat file")
+    run.add_argument("--call", metavar="EXPORT", help="entry point to call (default: the only one)")
+    run.add_argument("--input", metavar="TEXT|@FILE", default="", help="the call's input: text, or @path to a file")
+    run.add_argument("--tenant", default="default", help="tenant the plugin runs as (default: default)")
+    run.add_argument("--bucket", action="append", help="bucket the plugin may open (repeatable; default: default)")
+    run.add_argument(
+        "--state", type=Path, default=DEFAULT_STATE_DIR, help=f"store directory (default: {DEFAULT_STATE_DIR})"
+    )
+    run.add_argument("--deadline-ms", type=int, default=DEFAULT_DEADLINE_MS, help="wall-clock limit of the call")
+    run.add_argument("--memory-bytes", type=int, default=DEFAULT_MEMORY_BYTES, help="linear memory ceiling")
+    run.add_argument("--fuel", type=int, help="instruction budget of the call (default: unmetered)")
+    run.add_argument("--raw", action="store_true", help="print the output exactly, without a trailing newline")
+
+    inspect = commands.add_parser("inspect", help="print tenants, their usage and keys")
+    inspect.add_argument("--tenant", help="only this tenant")
+    inspect.add_argument(
+        "--state", type=Path, default=DEFAULT_STATE_DIR, help=f"store directory (default: {DEFAULT_STATE_DIR})"
+    )
+    inspect.add_argument("--limit", type=int, default=100, help="keys to show per bucket (1..1000, default 100)")
+    return parser
+
+
+def _input(spec: str) -> bytes:
+    if spec.startswith("@"):
+        return Path(spec[1:]).read_bytes()
+    return spec.encode()
+
+
+def _run(args: argparse.Namespace) -> int:
+    limits = Limits(memory_bytes=args.memory_bytes, deadline_ms=args.deadline_ms, fuel=args.fuel)
+    with kv.KvStore.open(args.state) as store, Host(store) as host:
+        plugin = host.load(
+            args.plugin,
+            name=Path(args.plugin).stem.replace(".", "-")[:64] or "plugin",
+            tenant=args.tenant,
+            buckets=tuple(args.bucket or ("default",)),
+            limits=limits,
+        )
+        export = args.call
+        if export is None:
+            if len(plugin.exports) != 1:
+                print(
+                    f"wasmkv: {args.plugin} has entry points {', '.join(plugin.exports) or '(none)'}; pick one with --call",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+            export = plugin.exports[0]
+        try:
+            output = plugin.call(export, _input(args.input))
+        except PluginError as exc:
+            sys.stdout.buffer.write(exc.output)
+            print(f"wasmkv: {exc}", file=sys.stderr)
+            if isinstance(exc, UnknownExport):
+                return EXIT_USAGE
+            return EXIT_PLUGIN_STATUS if isinstance(exc, PluginStatusError) else EXIT_PLUGIN_FAILED
+        sys.stdout.buffer.write(output)
+        if output and not args.raw and not output.endswith(b"\n"):
+            sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    if not args.state.is_dir():
+        print(f"wasmkv: no store at {args.state}", file=sys.stderr)
+        return EXIT_USAGE
+    with kv.KvStore.open(args.state, sweep_interval_s=None) as store:
+        namespaces = getattr(store.engine, "namespaces", lambda: [])()
+        tenants = sorted({ns.tenant for ns in namespaces} | ({args.tenant} if args.tenant else set()))
+        for name in tenants:
+            if args.tenant and name != args.tenant:
+                continue
+            tenant = store.tenant(name)
+            usage = tenant.usage()
+            quota = tenant.quota
+            print(f"tenant {name}: {usage.keys}/{quota.max_keys} keys, {usage.bytes}/{quota.max_bytes} bytes")
+            for ns in namespaces:
+                if ns.tenant != name:
+                    continue
+                bucket = tenant.bucket(ns.bucket)
+                page = bucket.list_keys(limit=args.limit)
+                print(f"  bucket {ns.bucket}:")
+                values = bucket.get_many(page.keys)
+                for key, value in zip(page.keys, values, strict=True):
+                    ttl = bucket.ttl(key)
+                    shown = "(expired)" if value is None else _preview(value)
+                    print(f"    {key!r} = {shown}" + (f"  (ttl {ttl} ms)" if ttl is not None else ""))
+                if page.cursor is not None:
+                    print(f"    ... more keys (showing the first {args.limit})")
+    return EXIT_OK
+
+
+def _preview(value: bytes, width: int = 60) -> str:
+    text = repr(value[:width])
+    return text + (f"... ({len(value)} bytes)" if len(value) > width else "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `wasmkv` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _inspect(args)
+    except (HostError, kv.KvError, OSError) as exc:
+        print(f"wasmkv: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
