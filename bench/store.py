@@ -134,7 +134,7 @@ def main() -> None:
         f"Python {platform.python_version()}"
     )
     print(f"filled {args.keys:,} keys in {fill_s:.1f} s\n")
-    print("| operation | median µs/op | × dict | × raw sqlite3 commit |")
+    print("| operation | median µs/op | ratio to dict | ratio to raw sqlite3 commit |")
     print("|---|---:|---:|---:|")
     for name, us in rows:
         print(f"| {name} | {us:.3f} | {us / dict_us:.1f} | {us / sqlite_default:.4f} |")

@@ -71,10 +71,8 @@ def _run(args: argparse.Namespace) -> int:
         export = args.call
         if export is None:
             if len(plugin.exports) != 1:
-                print(
-                    f"wasmkv: {args.plugin} has entry points {', '.join(plugin.exports) or '(none)'}; pick one with --call",
-                    file=sys.stderr,
-                )
+                choices = ", ".join(plugin.exports) or "(none)"
+                print(f"wasmkv: {args.plugin} has entry points {choices}; pick one with --call", file=sys.stderr)
                 return EXIT_USAGE
             export = plugin.exports[0]
         try:
@@ -97,7 +95,8 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"wasmkv: no store at {args.state}", file=sys.stderr)
         return EXIT_USAGE
     with kv.KvStore.open(args.state, sweep_interval_s=None) as store:
-        namespaces = getattr(store.engine, "namespaces", lambda: [])()
+        list_namespaces = getattr(store.engine, "namespaces", None)
+        namespaces: list[kv.Namespace] = list_namespaces() if list_namespaces is not None else []
         tenants = sorted({ns.tenant for ns in namespaces} | ({args.tenant} if args.tenant else set()))
         for name in tenants:
             if args.tenant and name != args.tenant:

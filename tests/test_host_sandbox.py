@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import wasmtime
 
 import host
 import kv
@@ -220,17 +222,13 @@ def test_modules_that_break_the_abi_do_not_load(wasm_host: host.Host, source: st
     assert "bad" not in wasm_host.plugins
 
 
-def test_a_missing_file_is_a_load_error(wasm_host: host.Host, tmp_path: object) -> None:
+def test_a_missing_file_is_a_load_error(wasm_host: host.Host) -> None:
     with pytest.raises(host.LoadError, match="cannot read plugin"):
         wasm_host.load("/nonexistent/plugin.wasm", name="x", tenant="acme")
 
 
-def test_wasm_and_wat_files_both_load(wasm_host: host.Host, tmp_path: pytest.TempPathFactory) -> None:
-    from pathlib import Path
-
-    import wasmtime
-
-    directory = Path(str(tmp_path))
+def test_wasm_and_wat_files_both_load(wasm_host: host.Host, tmp_path: Path) -> None:
+    directory = tmp_path
     (directory / "c.wat").write_text(COUNTER)
     (directory / "c.wasm").write_bytes(wasmtime.wat2wasm(COUNTER))
     assert wasm_host.load(directory / "c.wat", name="a", tenant="acme").call("hit") == b"1"
