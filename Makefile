@@ -37,8 +37,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: plugins
-	$(BIN)/python bench/store.py
-	$(BIN)/python bench/host.py
+	$(BIN)/python bench/bench_store.py
+	$(BIN)/python bench/bench_host.py
 
 clean:
 	rm -rf $(VENV) plugins/build .wasmkv

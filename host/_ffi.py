@@ -165,7 +165,13 @@ class GuestMemory:
         self.view = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B") if size else memoryview(b"")
 
     def fits(self, pointer: int, length: int) -> bool:
-        """Whether `[pointer, pointer + length)` lies inside the memory (both as signed i32)."""
+        """Whether `[pointer, pointer + length)` lies inside the memory (both as signed i32).
+
+        A zero length touches no memory, so its pointer is not checked (guest
+        languages give empty slices arbitrary pointers).
+        """
+        if length == 0:
+            return True
         if pointer < 0 or length < 0:
             return False
         end = pointer + length

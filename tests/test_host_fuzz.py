@@ -56,7 +56,11 @@ def test_the_host_survives_any_raw_import_arguments(
         st.builds(
             msgpack.packb,
             st.recursive(
-                st.none() | st.booleans() | st.integers() | st.binary(max_size=8) | st.text(max_size=8),
+                st.none()
+                | st.booleans()
+                | st.integers(-(2**63), 2**64 - 1)
+                | st.binary(max_size=8)
+                | st.text(max_size=8),
                 lambda children: (
                     st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4)
                 ),

@@ -68,6 +68,14 @@ def test_open_with_a_pointer_outside_memory_is_bad_pointer(raw: Raw) -> None:
         assert raw.call("fwd_kv_open", pointer, length) == Status.BAD_POINTER
 
 
+def test_a_zero_length_range_is_valid_wherever_it_points(raw: Raw) -> None:
+    handle = open_bucket(raw)
+    for pointer in (-(2**31), -1, PAGE + 100, 0x7AAAAAAA):
+        assert raw.call("fwd_kv_set", handle, *put(raw, KEY, b"empty"), pointer, 0) == 0
+        assert raw.call("fwd_kv_get", handle, *put(raw, KEY, b"empty"), pointer, 0) == 0
+        assert raw.call("fwd_host_output", pointer, 0) == 0
+
+
 def test_get_follows_the_buffer_rule(raw: Raw, kvstore: kv.KvStore) -> None:
     kvstore.tenant("acme").bucket().set("k", b"0123456789")
     handle = open_bucket(raw)

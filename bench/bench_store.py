@@ -1,6 +1,6 @@
 """Benchmark of the durable store, with its baselines measured in the same run.
 
-    .venv/bin/python bench/store.py [--keys 1000000]
+    .venv/bin/python bench/bench_store.py [--keys 1000000]
 
 Prints the median per-op time of get, set, increment, compare_and_swap and a
 100-key list_keys page out of `--keys` keys on the durable store, next to a
