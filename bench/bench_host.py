@@ -11,6 +11,7 @@ wasmtime-py's checked `Func.__call__`. Medians over rounds, µs per op.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import statistics
@@ -74,8 +75,10 @@ LOOPS = r"""
   (func (export "compare_and_swap") (result i32) (local $h i32) (local $n i32)
     (call $setup) (local.set $n) (local.set $h)
     (loop $l
-      (drop (call $cas (local.get $h) (i32.const 48) (i32.const 3) (i32.const 64) (i32.const 1) (i32.const 65) (i32.const 1)))
-      (drop (call $cas (local.get $h) (i32.const 48) (i32.const 3) (i32.const 65) (i32.const 1) (i32.const 64) (i32.const 1)))
+      (drop (call $cas (local.get $h) (i32.const 48) (i32.const 3)
+                       (i32.const 64) (i32.const 1) (i32.const 65) (i32.const 1)))
+      (drop (call $cas (local.get $h) (i32.const 48) (i32.const 3)
+                       (i32.const 65) (i32.const 1) (i32.const 64) (i32.const 1)))
       (br_if $l (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))
     (i32.const 0))
   (func (export "list_keys") (result i32) (local $h i32) (local $n i32)
@@ -143,35 +146,38 @@ def main() -> None:
     n = 20_000
     empty, raw_call, checked_call = floor_us(n)
     rows: list[tuple[str, float, float | None]] = [("empty fast import (floor)", empty, 1.0)]
-    with tempfile.TemporaryDirectory(prefix="wasmkv-bench-") as scratch:
-        with kv.KvStore.open(scratch, sweep_interval_s=None) as store, host.Host(store) as wasm_host:
-            tenant = store.tenant("bench", kv.Quota(max_keys=200_000, max_bytes=2**32))
-            bucket = tenant.bucket()
-            for chunk in range(0, 100_000, 1000):
-                bucket.set_many({f"user:{i:08d}": b"v" * 64 for i in range(chunk, chunk + 1000)})
-            bucket.set("cas", b"a")
-            plugin = wasm_host.load(LOOPS, name="bench", tenant=tenant, limits=host.Limits(deadline_ms=60_000))
-            request = msgpack.packb([f"user:{i:08d}" for i in range(100)])
-            for export, count, per_call_ops in (
-                ("get", n, 1),
-                ("set", n // 4, 1),
-                ("increment", n // 4, 1),
-                ("compare_and_swap", n // 8, 2),
-                ("list_keys", n // 40, 1),
-                ("get_many", n // 40, 1),
-            ):
-                payload = struct.pack("<I", count) + (request if export == "get_many" else b"")
-                us = per_op_us(lambda e=export, p=payload: plugin.call(e, p), count * per_call_ops)
-                rows.append((f"plugin {export}" + (" of 100 keys" if export == "get_many" else ""), us, us / empty))
-            rows.append(("plugin get_many, per key", rows[-1][1] / 100, None))
-            calls = per_op_us(lambda: [plugin.call("noop") for _ in range(n)], n)
+    with (
+        tempfile.TemporaryDirectory(prefix="wasmkv-bench-") as scratch,
+        kv.KvStore.open(scratch, sweep_interval_s=None) as store,
+        host.Host(store) as wasm_host,
+    ):
+        tenant = store.tenant("bench", kv.Quota(max_keys=200_000, max_bytes=2**32))
+        bucket = tenant.bucket()
+        for chunk in range(0, 100_000, 1000):
+            bucket.set_many({f"user:{i:08d}": b"v" * 64 for i in range(chunk, chunk + 1000)})
+        bucket.set("cas", b"a")
+        plugin = wasm_host.load(LOOPS, name="bench", tenant=tenant, limits=host.Limits(deadline_ms=60_000))
+        request = msgpack.packb([f"user:{i:08d}" for i in range(100)])
+        for export, count, per_call_ops in (
+            ("get", n, 1),
+            ("set", n // 4, 1),
+            ("increment", n // 4, 1),
+            ("compare_and_swap", n // 8, 2),
+            ("list_keys", n // 40, 1),
+            ("get_many", n // 40, 1),
+        ):
+            payload = struct.pack("<I", count) + (request if export == "get_many" else b"")
+            us = per_op_us(lambda e=export, p=payload: plugin.call(e, p), count * per_call_ops)
+            rows.append((f"plugin {export}" + (" of 100 keys" if export == "get_many" else ""), us, us / empty))
+        rows.append(("plugin get_many, per key", rows[-1][1] / 100, None))
+        calls = per_op_us(lambda: [plugin.call("noop") for _ in range(n)], n)
     rows.append(("Python → plugin.call (noop)", calls, None))
     rows.append(("Python → raw unchecked export call", raw_call, None))
     rows.append(("Python → wasmtime-py Func.__call__ (baseline)", checked_call, None))
 
     print(
         f"# wasmkv host benchmark — {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, wasmtime {wasmtime.__version__ if hasattr(wasmtime, '__version__') else '50.0.1'}"
+        f"Python {platform.python_version()}, wasmtime {importlib.metadata.version('wasmtime')}"
     )
     print()
     print("| operation | median µs/op | ratio to the empty import |")
