@@ -169,7 +169,8 @@ def main() -> None:
             payload = struct.pack("<I", count) + (request if export == "get_many" else b"")
             us = per_op_us(lambda e=export, p=payload: plugin.call(e, p), count * per_call_ops)
             rows.append((f"plugin {export}" + (" of 100 keys" if export == "get_many" else ""), us, us / empty))
-        rows.append(("plugin get_many, per key", rows[-1][1] / 100, None))
+        per_key_us = rows[-1][1] / 100
+        rows.append(("plugin get_many, per key", per_key_us, None))
         calls = per_op_us(lambda: [plugin.call("noop") for _ in range(n)], n)
     rows.append(("Python → plugin.call (noop)", calls, None))
     rows.append(("Python → raw unchecked export call", raw_call, None))
