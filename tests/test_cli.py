@@ -1,0 +1,89 @@
+"""The `wasmkv` command line, end to end in subprocesses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_plugins_e2e import built  # noqa: F401 - the session fixture that builds the sample plugins
+
+WASMKV = str(Path(sys.executable).parent / "wasmkv")
+
+
+def wasmkv(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([WASMKV, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def test_run_keeps_state_across_processes_in_the_default_state_dir(built: Path, tmp_path: Path) -> None:  # noqa: F811
+    first = wasmkv("run", built / "counter.wasm", "--call", "hit", cwd=tmp_path)
+    second = wasmkv("run", built / "counter.wasm", "--call", "hit", cwd=tmp_path)
+    assert (first.returncode, first.stdout) == (0, "1\n")
+    assert (second.returncode, second.stdout) == (0, "2\n")
+    assert (tmp_path / ".wasmkv" / "state").is_dir()
+
+
+def test_run_takes_input_text_or_a_file_and_a_tenant(built: Path, tmp_path: Path) -> None:  # noqa: F811
+    (tmp_path / "name.txt").write_text("visits")
+    assert wasmkv("run", built / "counter.wasm", "--call", "hit", "--input", "@name.txt", cwd=tmp_path).stdout == "1\n"
+    assert wasmkv("run", built / "counter.wasm", "--call", "read", "--input", "visits", cwd=tmp_path).stdout == "1\n"
+    other = wasmkv("run", built / "counter.wasm", "--call", "read", "--input", "visits", "--tenant", "t2", cwd=tmp_path)
+    assert other.stdout == "0\n"
+
+
+def test_run_with_a_granted_bucket_and_raw_output(built: Path, tmp_path: Path) -> None:  # noqa: F811
+    put = wasmkv("run", built / "session.wasm", "--call", "put", "--input", "s1 60000 hello", "--bucket", "sessions",
+                 cwd=tmp_path)  # fmt: skip
+    assert put.returncode == 0
+    fetched = wasmkv("run", built / "session.wasm", "--call", "fetch", "--input", "s1", "--bucket", "sessions", "--raw",
+                     cwd=tmp_path)  # fmt: skip
+    assert fetched.stdout == "hello"
+
+
+def test_inspect_prints_tenants_usage_and_keys(built: Path, tmp_path: Path) -> None:  # noqa: F811
+    wasmkv("run", built / "counter.wasm", "--call", "hit", "--tenant", "acme", cwd=tmp_path)
+    wasmkv("run", built / "session.wasm", "--call", "put", "--input", "s1 60000 x", "--bucket", "sessions",
+           "--tenant", "acme", cwd=tmp_path)  # fmt: skip
+    out = wasmkv("inspect", cwd=tmp_path)
+    assert out.returncode == 0
+    assert "tenant acme: 2/10000 keys" in out.stdout
+    assert "  bucket default:\n    'hits' = b'1'" in out.stdout
+    assert "'session:s1' = b'x'  (ttl " in out.stdout
+    only = wasmkv("inspect", "--tenant", "nobody", cwd=tmp_path)
+    assert "tenant nobody: 0/10000 keys" in only.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--call", "nope"], 2, "no entry point 'nope'"),
+        ([], 2, "has entry points hit, read, reset; pick one with --call"),
+        (["--call", "hit", "--tenant", "bad name"], 2, "tenant name must be 1-64 characters"),
+        (["--call", "hit", "--input", "@missing.txt"], 2, "missing.txt"),
+    ],
+)
+def test_run_reports_bad_usage_clearly(built: Path, tmp_path: Path, args: list[str], code: int, message: str) -> None:  # noqa: F811
+    result = wasmkv("run", built / "counter.wasm", *args, cwd=tmp_path)
+    assert result.returncode == code
+    assert message in result.stderr
+
+
+def test_run_reports_a_plugin_status_and_a_missing_file(built: Path, tmp_path: Path) -> None:  # noqa: F811
+    status = wasmkv("run", built / "session.wasm", "--call", "fetch", "--input", "nope", "--bucket", "sessions",
+                    cwd=tmp_path)  # fmt: skip
+    assert status.returncode == 1
+    assert "returned status 1" in status.stderr
+    missing = wasmkv("run", tmp_path / "nope.wasm", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "cannot read plugin" in missing.stderr
+
+
+def test_run_reports_a_timeout(tmp_path: Path) -> None:
+    (tmp_path / "spin.wat").write_text(
+        '(module (memory (export "memory") 1) (func (export "spin") (result i32) (loop $l (br $l)) (i32.const 0)))'
+    )
+    result = wasmkv("run", "spin.wat", "--deadline-ms", "100", cwd=tmp_path)
+    assert result.returncode == 3
+    assert "ran past its deadline of 100 ms" in result.stderr
