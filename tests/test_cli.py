@@ -7,14 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_plugins_e2e import built  # noqa: F401 - the session fixture that builds the sample plugins
 
 WASMKV = str(Path(sys.executable).parent / "wasmkv")
 
 
 def wasmkv(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([WASMKV, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=60)
+    return subprocess.run([WASMKV, *map(str, args)], check=False, capture_output=True, text=True, cwd=cwd, timeout=60)
 
 
 def test_run_keeps_state_across_processes_in_the_default_state_dir(built: Path, tmp_path: Path) -> None:  # noqa: F811
