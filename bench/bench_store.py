@@ -101,6 +101,16 @@ def main() -> None:
         n = len(keys)
         get_us = median_us(lambda i: bucket.get(keys[i % n]))
         rows.append(("store get (64 B value)", get_us))
+        # The engine's floor on the same keys: a fresh LMDB read transaction and one lookup, nothing else.
+        engine_env = store.engine._env  # type: ignore[attr-defined]
+        engine_db = store.engine._data  # type: ignore[attr-defined]
+        raw_keys = [b"bench\0default\0" + key.encode() for key in keys]
+
+        def raw_get(i: int) -> None:
+            with engine_env.begin(db=engine_db, buffers=True) as txn:
+                txn.get(raw_keys[i % n])
+
+        rows.append((f"raw LMDB get of the same keys ({args.keys:,} stored)", median_us(raw_get)))
         rows.append(("store get of a missing key", median_us(lambda i: bucket.get(f"nope:{i % 1000}"))))
         set_us = median_us(lambda i: bucket.set(keys[i % n], VALUE))
         rows.append(("store set (64 B value, durable)", set_us))
