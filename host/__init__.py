@@ -4,6 +4,9 @@
 runs an entry point and returns its output. See `abi/ABI.md` for the plugin side.
 """
 
+from ._cache import ModuleCache
+from ._config import Config, PluginConfig, StoreConfig, load_config
+from ._dev import DevLoop, ReloadEvent, serve_calls
 from ._errors import (
     ConfigError,
     HostError,
@@ -17,23 +20,32 @@ from ._errors import (
 )
 from ._host import EPOCH_TICK_MS, Host, Source
 from ._limits import DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_BYTES, Limits
-from ._plugin import Plugin
+from ._plugin import Plugin, Version
 
 __all__ = [
     "DEFAULT_DEADLINE_MS",
     "DEFAULT_MEMORY_BYTES",
     "EPOCH_TICK_MS",
+    "Config",
     "ConfigError",
+    "DevLoop",
     "Host",
     "HostError",
     "Limits",
     "LoadError",
+    "ModuleCache",
     "Plugin",
+    "PluginConfig",
     "PluginError",
     "PluginFuelExhausted",
     "PluginStatusError",
     "PluginTimeout",
     "PluginTrap",
+    "ReloadEvent",
     "Source",
+    "StoreConfig",
     "UnknownExport",
+    "Version",
+    "load_config",
+    "serve_calls",
 ]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
 import kv
 
+from ._config import load_config
+from ._dev import DevLoop, serve_calls
 from ._errors import HostError, PluginError, PluginStatusError, UnknownExport
 from ._host import Host
 from ._limits import DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_BYTES, Limits
@@ -49,7 +52,34 @@ def _parser() -> argparse.ArgumentParser:
         "--state", type=Path, default=DEFAULT_STATE_DIR, help=f"store directory (default: {DEFAULT_STATE_DIR})"
     )
     inspect.add_argument("--limit", type=int, default=100, help="keys to show per bucket (1..1000, default 100)")
+    dev = commands.add_parser("dev", help="load the configured plugins, hot-reload them, serve calls on 127.0.0.1")
+    dev.add_argument("--config", type=Path, default=Path("wasmkv.toml"), help="config file (default: wasmkv.toml)")
+    dev.add_argument("--listen", help="HOST:PORT for the call endpoint (default: [dev] listen, 127.0.0.1:8737)")
     return parser
+
+
+def _dev(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    listen = args.listen or config.listen
+    with Host.from_loaded_config(config) as host:
+        loop = DevLoop(host, config)
+        loop.start()
+        server = serve_calls(host, listen)
+        try:
+            for name, plugin in host.plugins.items():
+                print(
+                    f"loaded {name} {plugin.version[:12]} as tenant {plugin.tenant.name}: {', '.join(plugin.exports)}"
+                )
+            print(f"watching {len(loop.watched_paths())} directories; call plugins with:")
+            print(f"  curl --data-binary 'INPUT' http://{listen}/call/PLUGIN/EXPORT   (GET /plugins lists them)")
+            print("Ctrl-C stops.", flush=True)
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.shutdown()
+            loop.stop()
+    return EXIT_OK
 
 
 def _input(spec: str) -> bytes:
@@ -132,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "dev":
+            return _dev(args)
         return _inspect(args)
     except (HostError, kv.KvError, OSError) as exc:
         print(f"wasmkv: {exc}", file=sys.stderr)

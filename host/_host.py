@@ -13,6 +13,8 @@ import wasmtime
 import kv
 from kv._rules import check_name
 
+from ._cache import ModuleCache
+from ._config import Config, load_config
 from ._errors import HostError, LoadError
 from ._limits import Limits
 from ._plugin import Plugin, Version, check_module
@@ -33,8 +35,8 @@ def read_source(source: Source) -> tuple[bytes, str]:
     Raises:
         LoadError: if the file cannot be read or the text is not valid WAT.
     """
-    if isinstance(source, bytes):
-        data, label = source, "<bytes>"
+    if isinstance(source, bytes | bytearray | memoryview):
+        data, label = bytes(source), "<bytes>"
     elif isinstance(source, str) and source.lstrip().startswith("("):
         data, label = source.encode(), "<wat>"
     else:
@@ -56,17 +58,56 @@ class Host:
     """Runs WebAssembly plugins against a `kv.KvStore`, each bound to a tenant.
 
     Thread-safe; a context manager. `close()` closes the plugins and stops the
-    epoch ticker (the store stays open: it is the caller's).
+    epoch ticker; the store stays open unless `owns_store`. With `cache_dir`,
+    compiled modules are cached on disk (see `ModuleCache`).
     """
 
-    def __init__(self, store: kv.KvStore) -> None:
+    def __init__(
+        self, store: kv.KvStore, *, cache_dir: str | os.PathLike[str] | None = None, owns_store: bool = False
+    ) -> None:
         self.store = store
+        self.cache = None if cache_dir is None else ModuleCache(cache_dir)
+        self._owns_store = owns_store
         self._plugins: dict[str, Plugin] = {}
         self._engines: dict[bool, wasmtime.Engine] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="wasmkv-epoch", daemon=True)
         self._ticker.start()
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str]) -> Host:
+        """A host built from a `wasmkv.toml`: its store, tenants and plugins, all loaded.
+
+        The host owns the store it opened: `close()` closes it too.
+
+        Raises:
+            ConfigError: if the file is invalid (nothing is opened then).
+            LoadError: if a plugin cannot be loaded.
+            kv.BackendUnavailable: if the store cannot be opened.
+        """
+        return cls.from_loaded_config(load_config(path))
+
+    @classmethod
+    def from_loaded_config(cls, config: Config) -> Host:
+        """As `from_config`, for a config already read with `load_config`."""
+        if config.store.url is not None:
+            store = kv.KvStore.from_url(config.store.url, **config.store.options)
+        else:
+            assert config.store.path is not None
+            store = kv.KvStore.open(config.store.path, **config.store.options)
+        host = cls(store, cache_dir=config.cache_dir, owns_store=True)
+        try:
+            for name, quota in config.tenants.items():
+                store.tenant(name, quota)
+            for plugin in config.plugins.values():
+                host.load(
+                    plugin.file, name=plugin.name, tenant=plugin.tenant, buckets=plugin.buckets, limits=plugin.limits
+                )
+        except BaseException:
+            host.close()
+            raise
+        return host
 
     # -- engines --------------------------------------------------------------------------------
 
@@ -108,9 +149,13 @@ class Host:
             LoadError: if it is not WebAssembly, breaks the ABI, or starts over its memory limit.
         """
         wasm, label = read_source(source)
-        engine = self.engine(fuel=limits.fuel is not None)
+        fuel = limits.fuel is not None
+        engine = self.engine(fuel=fuel)
         try:
-            module = wasmtime.Module(engine, wasm)
+            if self.cache is not None:
+                module = self.cache.module(engine, wasm, f"fuel={fuel};epoch=1;memory_may_move=0;opt=speed")
+            else:
+                module = wasmtime.Module(engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise LoadError(f"plugin {name!r} ({label}) does not compile: {exc}") from exc
         entry_points = check_module(module, name)
@@ -171,6 +216,17 @@ class Host:
         """The loaded plugins by name (a copy)."""
         return dict(self._plugins)
 
+    def reload(self, name: str, source: Source) -> Plugin:
+        """Swap plugin `name` to the module in `source`; see `Plugin.reload`.
+
+        Raises:
+            KeyError: if no plugin of that name is loaded.
+            LoadError: if the new module does not load; the old one keeps serving.
+        """
+        plugin = self._plugins[name]
+        plugin.reload(source)
+        return plugin
+
     def unload(self, name: str) -> None:
         """Close and forget plugin `name`, if loaded."""
         with self._lock:
@@ -188,6 +244,8 @@ class Host:
             plugins, self._plugins = list(self._plugins.values()), {}
         for plugin in plugins:
             plugin.close()
+        if self._owns_store:
+            self.store.close()
 
     def __enter__(self) -> Host:
         return self

@@ -28,7 +28,7 @@ from ._ffi import ExportFunc, GuestMemory, Slots, define_unchecked
 from ._limits import Limits
 
 if TYPE_CHECKING:
-    from ._host import Host
+    from ._host import Host, Source
 
 __all__ = ["Plugin"]
 
@@ -340,6 +340,8 @@ class Version:
         self.entry_points = entry_points
         self.lock = threading.Lock()
         self.instance: _Instance | None = None
+        # Set once a newer version replaced this one: late callers move on to the new one.
+        self.retired = False
 
 
 class Plugin:
@@ -366,6 +368,7 @@ class Plugin:
         self.limits = limits
         self.logger = logging.getLogger(f"wasmkv.plugin.{name}")
         self._version = version
+        self._reload_lock = threading.Lock()
         self._closed = False
         # Instantiate now so a module that cannot start fails at load, not at its first call.
         with version.lock:
@@ -391,34 +394,40 @@ class Plugin:
             PluginFuelExhausted: if it used up `limits.fuel`.
             PluginTrap: if it trapped for any other reason (including a host error in an import).
         """
-        version = self._version  # a concurrent reload swaps this; this call finishes on the one it took
-        with version.lock:
-            if self._closed and version.instance is None:
-                raise UnknownExport(f"plugin {self.name!r} is closed", plugin=self.name, export=export)
-            instance = version.instance
-            if instance is None:
-                instance = version.instance = _Instance(self, version)
-            func = instance.entry.get(export)
-            if func is None:
-                raise UnknownExport(
-                    f"plugin {self.name!r} has no entry point {export!r} (it has: {', '.join(version.entry_points)})",
-                    plugin=self.name,
-                    export=export,
-                )
-            instance.input = bytes(input)
-            instance.output = bytearray()
-            instance.host_error = None
-            if self.limits.fuel is not None:
-                instance.store.set_fuel(self.limits.fuel)
-            try:
-                status = func(self.host._deadline_ticks(self.limits))
-            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                output = bytes(instance.output)
-                host_error = instance.host_error
-                instance.close()
-                version.instance = None
-                raise self._trap_error(export, exc, output) from host_error or exc
+        while True:
+            version = self._version  # a concurrent reload swaps this; a call finishes on the one it took
+            with version.lock:
+                if not version.retired:
+                    return self._call(version, export, input)
+
+    def _call(self, version: Version, export: str, input: bytes) -> bytes:
+        """Run one call on `version`; the caller holds its lock."""
+        if self._closed and version.instance is None:
+            raise UnknownExport(f"plugin {self.name!r} is closed", plugin=self.name, export=export)
+        instance = version.instance
+        if instance is None:
+            instance = version.instance = _Instance(self, version)
+        func = instance.entry.get(export)
+        if func is None:
+            raise UnknownExport(
+                f"plugin {self.name!r} has no entry point {export!r} (it has: {', '.join(version.entry_points)})",
+                plugin=self.name,
+                export=export,
+            )
+        instance.input = bytes(input)
+        instance.output = bytearray()
+        instance.host_error = None
+        if self.limits.fuel is not None:
+            instance.store.set_fuel(self.limits.fuel)
+        try:
+            status = func(self.host._deadline_ticks(self.limits))
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             output = bytes(instance.output)
+            host_error = instance.host_error
+            instance.close()
+            version.instance = None
+            raise self._trap_error(export, exc, output) from host_error or exc
+        output = bytes(instance.output)
         if status != 0:
             raise PluginStatusError(
                 f"plugin {self.name!r} export {export!r} returned status {status}",
@@ -456,10 +465,28 @@ class Plugin:
             output=output,
         )
 
-    def _swap(self, version: Version) -> Version:
-        """Make `version` serve later calls (it is already instantiated); return the old one."""
-        old, self._version = self._version, version
-        return old
+    def reload(self, source: Source) -> Version:
+        """Compile and instantiate a new module, then swap it in atomically; return the new version.
+
+        Calls already running finish on the old version, later calls get the
+        new one; the plugin's stored state is untouched. The old version's
+        instance is released once its running call (if any) ends.
+
+        Raises:
+            LoadError: if the new module does not compile, breaks the ABI or
+                fails to instantiate; the old version keeps serving.
+        """
+        version = self.host.compile(source, name=self.name, limits=self.limits)
+        with version.lock:
+            version.instance = _Instance(self, version)
+        with self._reload_lock:
+            old, self._version = self._version, version
+        with old.lock:
+            old.retired = True
+            if old.instance is not None:
+                old.instance.close()
+                old.instance = None
+        return version
 
     def close(self) -> None:
         """Release the plugin's instance; idempotent. Later calls raise `UnknownExport`."""

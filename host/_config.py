@@ -1,0 +1,337 @@
+"""`wasmkv.toml`: the store, tenants with their quotas, and plugins, read with the stdlib's tomllib.
+
+Every table and key is checked: an unknown key or a bad value raises
+`ConfigError` naming the file, the key and the reason, before anything starts.
+Relative paths are relative to the file's directory.
+
+```toml
+[store]
+path = ".wasmkv/state"          # the embedded store (default), or:
+# url = "redis+cluster://127.0.0.1:7000"
+fsync = false
+
+[cache]
+dir = ".wasmkv/cache"           # compiled modules; `enabled = false` turns it off
+
+[dev]
+listen = "127.0.0.1:8737"       # `wasmkv dev`'s HTTP endpoint
+debounce_ms = 50
+
+[tenants.acme]
+max_keys = 1000
+ops_per_second = 500
+
+[plugins.counter]
+file = "plugins/build/counter.wasm"
+tenant = "acme"
+buckets = ["default"]
+deadline_ms = 1000
+build = "python plugins/build.py"   # optional: run when a source changes
+sources = ["plugins/counter.c"]     # globs watched by `wasmkv dev`
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import kv
+from kv._rules import MAX_NAME_CHARS
+
+from ._errors import ConfigError
+from ._limits import Limits
+
+__all__ = ["DEFAULT_DEV_LISTEN", "Config", "PluginConfig", "StoreConfig", "load_config"]
+
+DEFAULT_DEV_LISTEN: Final = "127.0.0.1:8737"
+DEFAULT_DEBOUNCE_MS: Final = 50
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Which store to open: an embedded directory, or a URL (`redis://`, `redis+cluster://`) with options."""
+
+    path: Path | None
+    url: str | None
+    options: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PluginConfig:
+    """One plugin: its module file, tenant, granted buckets, limits, and optional build command and sources."""
+
+    name: str
+    file: Path
+    tenant: str
+    buckets: tuple[str, ...]
+    limits: Limits
+    build: tuple[str, ...] | None
+    sources: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    """A whole `wasmkv.toml`, checked."""
+
+    path: Path
+    store: StoreConfig
+    cache_dir: Path | None
+    listen: str
+    debounce_ms: int
+    tenants: dict[str, kv.Quota]
+    plugins: dict[str, PluginConfig]
+
+    @property
+    def root(self) -> Path:
+        """The directory relative paths are resolved against."""
+        return self.path.parent
+
+
+class _Reader:
+    """Typed access to one TOML table, recording where each value came from for errors."""
+
+    def __init__(self, file: Path, where: str, table: object) -> None:
+        self.file = file
+        self.where = where
+        if not isinstance(table, dict):
+            raise self.error(where, f"must be a table, got {_kind(table)}")
+        self.table: dict[str, Any] = table
+        self.seen: set[str] = set()
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {key}: {reason}")
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def get(
+        self, name: str, kind: type[T], default: T | None = None, check: Callable[[T], str | None] | None = None
+    ) -> T | None:
+        self.seen.add(name)
+        if name not in self.table:
+            return default
+        value = self.table[name]
+        # bool is an int in Python, but never a valid number here.
+        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            else:
+                raise self.error(self.key(name), f"must be {_type_name(kind)}, got {_kind(value)}")
+        if check is not None and (problem := check(value)) is not None:
+            raise self.error(self.key(name), problem)
+        checked: T = value
+        return checked
+
+    def sub(self, name: str) -> _Reader | None:
+        self.seen.add(name)
+        if name not in self.table:
+            return None
+        return _Reader(self.file, self.key(name), self.table[name])
+
+    def done(self, allowed: str) -> None:
+        unknown = sorted(set(self.table) - self.seen)
+        if unknown:
+            raise self.error(self.key(unknown[0]), f"unknown key (allowed here: {allowed})")
+
+
+_KINDS: Final[dict[type, str]] = {
+    dict: "a table",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+}
+
+
+def _kind(value: object) -> str:
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def _type_name(kind: type) -> str:
+    return _KINDS.get(kind, kind.__name__)
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else f"must be positive, got {value}"
+
+
+def _name(value: str) -> str | None:
+    try:
+        kv._rules.check_name("name", value)
+    except kv.InvalidArgument:
+        return f"must be 1-{MAX_NAME_CHARS} characters of [A-Za-z0-9_-], got {value!r}"
+    return None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and check a `wasmkv.toml`.
+
+    Raises:
+        ConfigError: if the file cannot be read, is not TOML, has an unknown key
+            or a bad value; the message names the file, the key (or line) and the reason.
+    """
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text: {exc}") from exc
+    root = file.resolve().parent
+    top = _Reader(file, "", raw)
+
+    store = _store(top.sub("store"), file, root)
+
+    cache_dir: Path | None = root / ".wasmkv" / "cache"
+    cache = top.sub("cache")
+    if cache is not None:
+        if not cache.get("enabled", bool, True):
+            cache_dir = None
+        elif (directory := cache.get("dir", str)) is not None:
+            cache_dir = root / directory
+        cache.done("dir, enabled")
+
+    listen, debounce_ms = DEFAULT_DEV_LISTEN, DEFAULT_DEBOUNCE_MS
+    dev = top.sub("dev")
+    if dev is not None:
+        listen = dev.get("listen", str, DEFAULT_DEV_LISTEN, _listen) or DEFAULT_DEV_LISTEN
+        debounce_ms = dev.get("debounce_ms", int, DEFAULT_DEBOUNCE_MS, _positive) or DEFAULT_DEBOUNCE_MS
+        dev.done("listen, debounce_ms")
+
+    tenants: dict[str, kv.Quota] = {}
+    tenant_tables = top.sub("tenants")
+    if tenant_tables is not None:
+        for name in tenant_tables.table:
+            if (problem := _name(name)) is not None:
+                raise top.error(f"tenants.{name}", f"tenant name {problem}")
+            table = tenant_tables.sub(name)
+            assert table is not None
+            fields = {
+                field: value
+                for field in ("max_keys", "max_bytes", "max_value_bytes", "max_key_bytes")
+                if (value := table.get(field, int, None, _positive)) is not None
+            }
+            ops = table.get("ops_per_second", float, None, _positive)
+            table.done("max_keys, max_bytes, max_value_bytes, max_key_bytes, ops_per_second")
+            tenants[name] = kv.Quota(**fields, ops_per_second=ops)
+
+    plugins: dict[str, PluginConfig] = {}
+    plugin_tables = top.sub("plugins")
+    if plugin_tables is not None:
+        for name in plugin_tables.table:
+            if (problem := _name(name)) is not None:
+                raise top.error(f"plugins.{name}", f"plugin name {problem}")
+            table = plugin_tables.sub(name)
+            assert table is not None
+            plugins[name] = _plugin(table, name, root, tenants)
+    top.done("store, cache, dev, tenants, plugins")
+    return Config(
+        path=file.resolve(),
+        store=store,
+        cache_dir=cache_dir,
+        listen=listen,
+        debounce_ms=debounce_ms,
+        tenants=tenants,
+        plugins=plugins,
+    )
+
+
+def _listen(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"must be HOST:PORT, got {value!r}"
+    return None
+
+
+def _store(table: _Reader | None, file: Path, root: Path) -> StoreConfig:
+    if table is None:
+        return StoreConfig(path=root / ".wasmkv" / "state", url=None, options={})
+    path = table.get("path", str)
+    url = table.get("url", str)
+    if path is not None and url is not None:
+        raise table.error("store", "set either path (embedded) or url (clustered), not both")
+    options: dict[str, Any] = {}
+    if (fsync := table.get("fsync", bool)) is not None:
+        options["fsync"] = fsync
+    for number in ("timeout_s", "read_cache_ms", "sweep_interval_s"):
+        if (value := table.get(number, float, None, _positive)) is not None:
+            options[number] = value
+    for count in ("read_cache_size", "max_connections"):
+        if (value := table.get(count, int, None, _positive)) is not None:
+            options[count] = value
+    table.done("path, url, fsync, timeout_s, read_cache_size, read_cache_ms, max_connections, sweep_interval_s")
+    if url is not None and "fsync" in options:
+        raise table.error("store.fsync", "applies to the embedded store only (path), not to url")
+    return StoreConfig(path=None if url is not None else root / (path or ".wasmkv/state"), url=url, options=options)
+
+
+def _plugin(table: _Reader, name: str, root: Path, tenants: dict[str, kv.Quota]) -> PluginConfig:
+    file = table.get("file", str)
+    if file is None:
+        raise table.error(table.key("file"), "is required: the plugin's .wasm or .wat file")
+    tenant = table.get("tenant", str, None, _name)
+    if tenant is None:
+        raise table.error(table.key("tenant"), "is required: the tenant the plugin runs as")
+    if tenant not in tenants:
+        raise table.error(table.key("tenant"), f"tenant {tenant!r} is not declared in [tenants]")
+    buckets = table.get("buckets", list, ["default"]) or ["default"]
+    for bucket in buckets:
+        if not isinstance(bucket, str):
+            raise table.error(table.key("buckets"), f"must be an array of bucket names, got {_kind(bucket)} in it")
+        if (problem := _name(bucket)) is not None:
+            raise table.error(table.key("buckets"), f"bucket name {problem}")
+    memory = table.get("memory_bytes", int, None, _positive)
+    deadline = table.get("deadline_ms", int, None, _positive)
+    fuel = table.get("fuel", int, None, _positive)
+    build = _command(table)
+    sources = table.get("sources", list, []) or []
+    if not all(isinstance(pattern, str) for pattern in sources):
+        raise table.error(table.key("sources"), "must be an array of glob strings")
+    if sources and build is None:
+        raise table.error(table.key("sources"), "needs a build command: sources are rebuilt with it")
+    table.done("file, tenant, buckets, memory_bytes, deadline_ms, fuel, build, sources")
+    limits_fields: dict[str, int] = {}
+    if memory is not None:
+        limits_fields["memory_bytes"] = memory
+    if deadline is not None:
+        limits_fields["deadline_ms"] = deadline
+    try:
+        limits = Limits(**limits_fields, fuel=fuel)
+    except Exception as exc:
+        raise table.error(table.where, str(exc)) from exc
+    return PluginConfig(
+        name=name,
+        file=root / file,
+        tenant=tenant,
+        buckets=tuple(buckets),
+        limits=limits,
+        build=build,
+        sources=tuple(sources),
+    )
+
+
+def _command(table: _Reader) -> tuple[str, ...] | None:
+    table.seen.add("build")
+    value = table.table.get("build")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = shlex.split(value)
+    elif isinstance(value, list) and all(isinstance(part, str) for part in value):
+        parts = list(value)
+    else:
+        raise table.error(table.key("build"), f"must be a command string or an array of strings, got {_kind(value)}")
+    if not parts:
+        raise table.error(table.key("build"), "must not be empty")
+    return tuple(parts)

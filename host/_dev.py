@@ -1,0 +1,248 @@
+"""The development loop: watch plugins with watchfiles, rebuild and hot-swap them, call them over local HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import http.server
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Final
+
+import watchfiles
+
+from ._config import Config, PluginConfig
+from ._errors import HostError, PluginError, PluginStatusError, UnknownExport
+from ._host import Host, read_source
+
+__all__ = ["BUILD_TIMEOUT_S", "DevLoop", "ReloadEvent", "serve_calls"]
+
+#: A build command that runs longer than this is killed and reported as failed.
+BUILD_TIMEOUT_S: Final = 300
+_WILDCARDS: Final = "*?["
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReloadEvent:
+    """What one reload did: the plugin, the version now serving, what changed, how long it took, any error."""
+
+    plugin: str
+    version: str
+    changed: str
+    ms: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the new version is serving."""
+        return self.error is None
+
+    def line(self) -> str:
+        """The one line `wasmkv dev` prints for this reload."""
+        if self.ok:
+            return f"reloaded {self.plugin} {self.version[:12]} ({self.changed}) in {self.ms:.0f} ms"
+        return f"reload of {self.plugin} failed ({self.changed}), still serving {self.version[:12]}: {self.error}"
+
+
+class DevLoop:
+    """Watches every configured plugin's module (and its sources, when it has a build command) and hot-swaps it.
+
+    Changes are handled on the watcher thread, never on a calling thread: a
+    build runs, the new module compiles and instantiates, and only then does it
+    replace the old one (`Plugin.reload`). A failed build, compile or
+    instantiation leaves the old version serving. Each reload is reported to
+    `on_event` (default: print its line).
+    """
+
+    def __init__(self, host: Host, config: Config, *, on_event: Callable[[ReloadEvent], None] | None = None) -> None:
+        self.host = host
+        self.config = config
+        self.on_event = on_event or (lambda event: print(event.line(), flush=True))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    def watched_paths(self) -> list[Path]:
+        """The directories handed to watchfiles: each module's directory and each source glob's fixed part."""
+        paths: set[Path] = set()
+        for plugin in self.config.plugins.values():
+            paths.add(plugin.file.parent)
+            for pattern in plugin.sources:
+                paths.add(_glob_base(self.config.root, pattern))
+        return sorted(path for path in paths if path.exists())
+
+    def start(self) -> None:
+        """Start watching on a background thread; returns once the watcher is running."""
+        self._thread = threading.Thread(target=self._watch, name="wasmkv-dev-watch", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Stop watching and wait for the watcher thread; idempotent."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _watch(self) -> None:
+        watcher = watchfiles.watch(
+            *self.watched_paths(),
+            debounce=self.config.debounce_ms,
+            step=10,
+            stop_event=self._stop,
+            rust_timeout=200,
+            yield_on_timeout=True,
+            raise_interrupt=False,
+        )
+        self._ready.set()
+        for changes in watcher:
+            if changes:
+                self.handle(path for _, path in changes)
+
+    def handle(self, changed: Iterable[str | Path]) -> list[ReloadEvent]:
+        """React to changed paths: rebuild what needs it, reload what changed; the events, also sent to `on_event`."""
+        started = time.perf_counter()
+        paths = {Path(path).resolve() for path in changed}
+        modules: dict[str, set[Path]] = {}
+        sources: dict[str, set[Path]] = {}
+        for plugin in self.config.plugins.values():
+            if plugin.file.resolve() in paths:
+                modules.setdefault(plugin.name, set()).add(plugin.file.resolve())
+            hits = {p for p in paths if _matches(self.config.root, plugin.sources, p)}
+            if hits and plugin.build is not None:
+                sources[plugin.name] = hits
+        events: list[ReloadEvent] = []
+        built: dict[tuple[str, ...], str | None] = {}
+        for name in sorted(set(modules) | set(sources)):
+            plugin = self.config.plugins[name]
+            changed_names = ", ".join(sorted(p.name for p in modules.get(name, set()) | sources.get(name, set())))
+            error = None
+            if name in sources:
+                assert plugin.build is not None
+                # Plugins sharing one build command (e.g. `python plugins/build.py`) build once per change.
+                if plugin.build not in built:
+                    built[plugin.build] = self._build(plugin)
+                error = built[plugin.build]
+            events.extend(self._reload(plugin, changed_names, started, error))
+        for event in events:
+            self.on_event(event)
+        return events
+
+    def _build(self, plugin: PluginConfig) -> str | None:
+        assert plugin.build is not None
+        try:
+            result = subprocess.run(
+                plugin.build, cwd=self.config.root, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"build command {' '.join(plugin.build)!r} failed to run: {exc}"
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+            return f"build exited with {result.returncode}: " + " | ".join(tail)
+        return None
+
+    def _reload(self, plugin: PluginConfig, changed: str, started: float, error: str | None) -> list[ReloadEvent]:
+        try:
+            loaded = self.host.plugin(plugin.name)
+        except KeyError:
+            return []
+        if error is None:
+            try:
+                wasm, _ = read_source(plugin.file)
+            except HostError as exc:
+                error = str(exc)
+            else:
+                if hashlib.sha256(wasm).hexdigest() == loaded.version:
+                    return []  # e.g. a rebuild that produced the same module, or an editor touching the file
+                try:
+                    loaded.reload(wasm)
+                except HostError as exc:
+                    error = str(exc)
+        ms = (time.perf_counter() - started) * 1000
+        return [ReloadEvent(plugin=plugin.name, version=loaded.version, changed=changed, ms=ms, error=error)]
+
+
+def _glob_base(root: Path, pattern: str) -> Path:
+    """The directory part of a glob before its first wildcard."""
+    parts = []
+    for part in Path(pattern).parts:
+        if any(char in part for char in _WILDCARDS):
+            break
+        parts.append(part)
+    base = root.joinpath(*parts) if parts else root
+    return base if base.is_dir() else base.parent
+
+
+def _matches(root: Path, patterns: Iterable[str], path: Path) -> bool:
+    return any(fnmatch.fnmatch(str(path), str((root / pattern).resolve())) for pattern in patterns)
+
+
+def serve_calls(host: Host, listen: str) -> http.server.ThreadingHTTPServer:
+    """Serve plugin calls over HTTP on `listen` (HOST:PORT, meant for 127.0.0.1) on a background thread.
+
+    `POST /call/PLUGIN/EXPORT` with the input as the body answers 200 with the
+    output; 422 for a non-zero status (header `X-Wasmkv-Status`), 404 for an
+    unknown plugin or export, 500 for a trap or timeout (the reason in the body).
+    `GET /plugins` lists the plugins, their versions and entry points as JSON.
+    """
+    address, _, port = listen.rpartition(":")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/plugins":
+                self._reply(404, b"try GET /plugins or POST /call/PLUGIN/EXPORT\n")
+                return
+            listing = {
+                name: {"version": plugin.version, "tenant": plugin.tenant.name, "exports": plugin.exports}
+                for name, plugin in host.plugins.items()
+            }
+            self._reply(200, json.dumps(listing, indent=2).encode() + b"\n", "application/json")
+
+        def do_POST(self) -> None:
+            parts = self.path.strip("/").split("/")
+            if len(parts) != 3 or parts[0] != "call":
+                self._reply(404, b"POST /call/PLUGIN/EXPORT\n")
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                plugin = host.plugin(parts[1])
+            except KeyError:
+                self._reply(404, f"no plugin {parts[1]!r}\n".encode())
+                return
+            try:
+                output = plugin.call(parts[2], body)
+            except UnknownExport as exc:
+                self._reply(404, f"{exc}\n".encode())
+            except PluginStatusError as exc:
+                self._reply(422, exc.output, headers={"X-Wasmkv-Status": str(exc.status)})
+            except PluginError as exc:
+                self._reply(500, f"{exc}\n".encode())
+            else:
+                self._reply(200, output)
+
+        def _reply(
+            self,
+            code: int,
+            body: bytes,
+            content_type: str = "application/octet-stream",
+            headers: dict[str, str] | None = None,
+        ) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            # Reload lines are the dev loop's output; per-request access logs would drown them.
+            return
+
+    server = http.server.ThreadingHTTPServer((address, int(port)), Handler)
+    threading.Thread(target=server.serve_forever, name="wasmkv-dev-http", daemon=True).start()
+    return server

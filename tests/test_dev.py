@@ -1,0 +1,257 @@
+"""The dev loop: hot reload under load, broken modules, rebuilds from sources, the module cache, the HTTP endpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import sys
+import textwrap
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+import host
+import kv
+
+
+def versioned(version: int, padding: int = 0) -> str:
+    """A plugin whose `call` counts in the store and answers `vNN` + the count as 8 bytes."""
+    data = f'(data (i32.const 4096) "{"x" * padding}")' if padding else ""
+    return textwrap.dedent(
+        f"""
+        (module
+          (import "kv" "open" (func $open (param i32 i32) (result i32)))
+          (import "kv" "increment" (func $incr (param i32 i32 i32 i64 i32) (result i32)))
+          (import "host" "output" (func $out (param i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 0) "default")
+          (data (i32.const 16) "hits")
+          (data (i32.const 64) "v{version:02d}")
+          {data}
+          (func (export "call") (result i32) (local $rc i32)
+            (local.set $rc (call $incr (call $open (i32.const 0) (i32.const 7))
+                                       (i32.const 16) (i32.const 4) (i64.const 1) (i32.const 32)))
+            (if (i32.lt_s (local.get $rc) (i32.const 0)) (then (return (local.get $rc))))
+            (drop (call $out (i32.const 64) (i32.const 3)))
+            (drop (call $out (i32.const 32) (i32.const 8)))
+            (i32.const 0)))
+        """
+    )
+
+
+def replace(path: Path, text: str) -> None:
+    """Write a file atomically, as build tools and editors do."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def config_text(extra: str = "") -> str:
+    return textwrap.dedent(
+        f"""
+        [dev]
+        debounce_ms = 20
+        [tenants.acme]
+        [plugins.p]
+        file = "mod/p.wat"
+        tenant = "acme"
+        {extra}
+        """
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "mod").mkdir()
+    (tmp_path / "mod" / "p.wat").write_text(versioned(0))
+    (tmp_path / "wasmkv.toml").write_text(config_text())
+    return tmp_path
+
+
+class Loop:
+    """A running DevLoop whose events arrive on a queue, so tests wait on them instead of sleeping."""
+
+    def __init__(self, root: Path) -> None:
+        self.config = host.load_config(root / "wasmkv.toml")
+        self.host = host.Host.from_loaded_config(self.config)
+        self.events: queue.Queue[host.ReloadEvent] = queue.Queue()
+        self.loop = host.DevLoop(self.host, self.config, on_event=self.events.put)
+        self.loop.start()
+
+    def next_event(self) -> host.ReloadEvent:
+        return self.events.get(timeout=30)
+
+    def close(self) -> None:
+        self.loop.stop()
+        self.host.close()
+
+
+@pytest.fixture
+def loop(project: Path) -> Iterator[Loop]:
+    running = Loop(project)
+    yield running
+    running.close()
+
+
+def test_reload_under_load_loses_no_call_and_keeps_state(project: Path, loop: Loop) -> None:
+    plugin = loop.host.plugin("p")
+    answers: list[bytes] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def caller() -> None:
+        while not stop.is_set():
+            try:
+                answers.append(plugin.call("call"))
+            except BaseException as exc:
+                failures.append(exc)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    try:
+        for version in range(1, 21):
+            replace(project / "mod" / "p.wat", versioned(version))
+            event = loop.next_event()
+            assert event.ok, event.error
+            assert event.plugin == "p" and event.changed == "p.wat"
+            # Let the caller see this version before the next write.
+            seen = len(answers)
+            while len(answers) < seen + 3:
+                threading.Event().wait(0.001)
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == []
+    versions = [int(answer[1:3]) for answer in answers]
+    counts = [int.from_bytes(answer[3:11], "little") for answer in answers]
+    assert all(answer[:1] == b"v" and len(answer) == 11 for answer in answers)  # every answer is one whole version
+    assert versions == sorted(versions) and versions[0] == 0 and versions[-1] == 20
+    assert set(versions) == set(range(21))
+    assert counts == list(range(1, len(answers) + 1))  # the state lived through every swap
+
+
+def test_a_broken_module_leaves_the_old_version_serving(project: Path, loop: Loop) -> None:
+    plugin = loop.host.plugin("p")
+    before = plugin.version
+    replace(project / "mod" / "p.wat", "(module (this is not wat")
+    event = loop.next_event()
+    assert not event.ok
+    assert "neither WebAssembly binary nor valid WAT" in (event.error or "")
+    assert event.version == before
+    assert "still serving" in event.line()
+    assert plugin.call("call")[:3] == b"v00"
+    replace(project / "mod" / "p.wat", '(module (import "kv" "nope" (func)) (memory (export "memory") 1))')
+    assert "which the wasmkv ABI does not provide" in (loop.next_event().error or "")
+    replace(project / "mod" / "p.wat", versioned(1))
+    assert loop.next_event().ok
+    assert plugin.call("call")[:3] == b"v01"
+
+
+def test_a_source_change_with_a_build_command_rebuilds_and_swaps(tmp_path: Path) -> None:
+    (tmp_path / "mod").mkdir()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "version.txt").write_text("0")
+    build = tmp_path / "build.py"
+    build.write_text(
+        "import pathlib, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_dev import versioned\n"
+        "v = pathlib.Path('src/version.txt').read_text().strip()\n"
+        "if not v.isdigit(): sys.exit('version.txt must hold a number')\n"
+        "pathlib.Path('mod/p.wat').write_text(versioned(int(v)))\n"
+    )
+    (tmp_path / "mod" / "p.wat").write_text(versioned(0))
+    (tmp_path / "wasmkv.toml").write_text(
+        config_text(f'build = [{sys.executable!r}, "build.py"]\nsources = ["src/*.txt"]')
+    )
+    running = Loop(tmp_path)
+    try:
+        replace(tmp_path / "src" / "version.txt", "7")
+        event = running.next_event()
+        assert event.ok, event.error
+        assert event.changed == "version.txt"
+        assert running.host.plugin("p").call("call")[:3] == b"v07"
+        replace(tmp_path / "src" / "version.txt", "oops")
+        failed = running.next_event()
+        assert not failed.ok and "version.txt must hold a number" in (failed.error or "")
+        assert running.host.plugin("p").call("call")[:3] == b"v07"
+    finally:
+        running.close()
+
+
+def test_the_http_endpoint_calls_plugins(project: Path, loop: Loop) -> None:
+    server = host.serve_calls(loop.host, "127.0.0.1:0")
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{base}/call/p/call", data=b"")) as response:
+            assert response.status == 200 and response.read()[:3] == b"v00"
+        with urllib.request.urlopen(f"{base}/plugins") as response:
+            assert b'"exports": [\n      "call"\n    ]' in response.read()
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(urllib.request.Request(f"{base}/call/p/nope", data=b""))
+        assert raised.value.code == 404
+        raised.value.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# -- the compiled-module cache ---------------------------------------------------------------
+
+
+def test_the_module_cache_misses_then_hits(tmp_path: Path) -> None:
+    wasm = wasmtime.wat2wasm(versioned(1, padding=2000))
+    with kv.KvStore.memory() as store:
+        with host.Host(store, cache_dir=tmp_path) as first:
+            first.load(wasm, name="p", tenant="acme")
+            assert first.cache is not None and (first.cache.hits, first.cache.misses) == (0, 1)
+        with host.Host(store, cache_dir=tmp_path) as second:
+            assert second.load(wasm, name="p", tenant="acme").call("call")[:3] == b"v01"
+            assert second.cache is not None and (second.cache.hits, second.cache.misses) == (1, 0)
+            # Fuel changes the engine settings: another entry.
+            second.load(wasm, name="q", tenant="acme", limits=host.Limits(fuel=10**6))
+            assert second.cache.misses == 1
+    assert len(list(tmp_path.glob("*.cwasm"))) == 2
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage"])
+def test_a_corrupt_cache_entry_is_recompiled_never_trusted(tmp_path: Path, damage: str) -> None:
+    wasm = wasmtime.wat2wasm(versioned(2))
+    with kv.KvStore.memory() as store:
+        with host.Host(store, cache_dir=tmp_path) as first:
+            first.load(wasm, name="p", tenant="acme")
+        (entry,) = tmp_path.glob("*.cwasm")
+        blob = bytearray(entry.read_bytes())
+        if damage == "flip":
+            blob[len(blob) // 2] ^= 0xFF
+        elif damage == "truncate":
+            del blob[len(blob) // 2 :]
+        else:
+            blob[:] = b"\0" * 10
+        entry.write_bytes(bytes(blob))
+        with host.Host(store, cache_dir=tmp_path) as second:
+            assert second.load(wasm, name="p", tenant="acme").call("call")[:3] == b"v02"
+            assert second.cache is not None and (second.cache.hits, second.cache.misses) == (0, 1)
+        with host.Host(store, cache_dir=tmp_path) as third:
+            third.load(wasm, name="p", tenant="acme")
+            assert third.cache is not None and third.cache.hits == 1  # rewritten whole
+
+
+def test_an_entry_for_another_engine_configuration_is_rejected_and_recompiled(tmp_path: Path) -> None:
+    wasm = wasmtime.wat2wasm(versioned(3))
+    cache = host.ModuleCache(tmp_path)
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    other = wasmtime.Module(wasmtime.Engine(config), wasm).serialize()
+    # Plant an entry with a valid checksum but compiled for a different engine under the plain key.
+    path = cache.entry_path(wasm, "fuel=False;epoch=1;memory_may_move=0;opt=speed")
+    path.write_bytes(hashlib.sha256(other).digest() + bytes(other))
+    with kv.KvStore.memory() as store, host.Host(store, cache_dir=tmp_path) as wasm_host:
+        assert wasm_host.load(wasm, name="p", tenant="acme").call("call")[:3] == b"v03"
+        assert wasm_host.cache is not None and wasm_host.cache.misses == 1
