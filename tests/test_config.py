@@ -21,6 +21,8 @@ COUNTER = """
     (call $incr (call $open (i32.const 0) (i32.const 7)) (i32.const 16) (i32.const 4) (i64.const 1) (i32.const 32))))
 """
 
+PLUGIN = "[tenants.a]\n[plugins.p]\nfile = 'x'\ntenant = 'a'\n"
+
 VALID = """
 [store]
 path = "state"
@@ -125,8 +127,8 @@ def test_an_empty_config_uses_the_defaults(tmp_path: Path) -> None:
             "[tenants.a]\n[plugins.p]\nfile = 'x'\ntenant = 'a'\nbuild = 5",
             r"plugins\.p\.build: must be a command string",
         ),
-        ("[tenants.a]\n[plugins.p]\nfile = 'x'\ntenant = 'a'\nbuild = ''", r"plugins\.p\.build: must not be empty"),
-        ("[tenants.a]\n[plugins.p]\nfile = 'x'\ntenant = 'a'\nwat = 1", r"plugins\.p\.wat: unknown key"),
+        (PLUGIN + "build = ''", r"plugins\.p\.build: must not be empty"),
+        (PLUGIN + "wat = 1", r"plugins\.p\.wat: unknown key"),
         ("[tenants.a]\n[plugins.'p q']\nfile = 'x'\ntenant = 'a'", r"plugins\.p q: plugin name must be"),
     ],
 )
