@@ -39,6 +39,7 @@ lint: $(STAMP)
 bench: plugins
 	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_host.py
+	$(BIN)/python bench/bench_dev.py
 
 clean:
 	rm -rf $(VENV) plugins/build .wasmkv
