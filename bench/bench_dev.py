@@ -119,7 +119,8 @@ def main() -> None:
     print("|---|---:|---|")
     print(
         f"| reload: file written → new version answering | {statistics.median(samples):.0f} ms | "
-        f"{size // 1024} KB module, 50 ms debounce, {rounds} reloads, min {min(samples):.0f} / max {max(samples):.0f} ms |"
+        f"{size // 1024} KB module, 50 ms debounce, {rounds} reloads, "
+        f"min {min(samples):.0f} / max {max(samples):.0f} ms |"
     )
     print(
         f"| compile of one such module, no cache (baseline) | {compile_ms:.1f} ms | `wasmtime.Module(engine, wasm)` |"
