@@ -26,7 +26,7 @@ file = "plugins/build/counter.wasm"
 tenant = "acme"
 buckets = ["default"]
 deadline_ms = 1000
-build = "python plugins/build.py"   # optional: run when a source changes
+build = "python plugins/build.py"   # optional: run when a source changes ("python" = wasmkv's own)
 sources = ["plugins/counter.c"]     # globs watched by `wasmkv dev`
 ```
 """
@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -334,4 +335,7 @@ def _command(table: _Reader) -> tuple[str, ...] | None:
         raise table.error(table.key("build"), f"must be a command string or an array of strings, got {_kind(value)}")
     if not parts:
         raise table.error(table.key("build"), "must not be empty")
+    if parts[0] in ("python", "python3"):
+        # The Python running wasmkv (its venv has ziglang), not whichever `python` is first on PATH.
+        parts[0] = sys.executable
     return tuple(parts)

@@ -36,6 +36,7 @@ class ReloadEvent:
     changed: str
     ms: float
     error: str | None = None
+    unchanged: bool = False
 
     @property
     def ok(self) -> bool:
@@ -44,6 +45,8 @@ class ReloadEvent:
 
     def line(self) -> str:
         """The one line `wasmkv dev` prints for this reload."""
+        if self.unchanged:
+            return f"rebuilt {self.plugin} ({self.changed}): same module, still serving {self.version[:12]}"
         if self.ok:
             return f"reloaded {self.plugin} {self.version[:12]} ({self.changed}) in {self.ms:.0f} ms"
         return f"reload of {self.plugin} failed ({self.changed}), still serving {self.version[:12]}: {self.error}"
@@ -127,7 +130,7 @@ class DevLoop:
                 if plugin.build not in built:
                     built[plugin.build] = self._build(plugin)
                 error = built[plugin.build]
-            events.extend(self._reload(plugin, changed_names, started, error))
+            events.extend(self._reload(plugin, changed_names, started, error, rebuilt=name in sources))
         for event in events:
             self.on_event(event)
         return events
@@ -145,7 +148,9 @@ class DevLoop:
             return f"build exited with {result.returncode}: " + " | ".join(tail)
         return None
 
-    def _reload(self, plugin: PluginConfig, changed: str, started: float, error: str | None) -> list[ReloadEvent]:
+    def _reload(
+        self, plugin: PluginConfig, changed: str, started: float, error: str | None, *, rebuilt: bool
+    ) -> list[ReloadEvent]:
         try:
             loaded = self.host.plugin(plugin.name)
         except KeyError:
@@ -157,7 +162,10 @@ class DevLoop:
                 error = str(exc)
             else:
                 if hashlib.sha256(wasm).hexdigest() == loaded.version:
-                    return []  # e.g. a rebuild that produced the same module, or an editor touching the file
+                    if not rebuilt:
+                        return []  # an editor or a shared build touching the file: nothing to say
+                    ms = (time.perf_counter() - started) * 1000
+                    return [ReloadEvent(plugin.name, loaded.version, changed, ms, unchanged=True)]
                 try:
                     loaded.reload(wasm)
                 except HostError as exc:
