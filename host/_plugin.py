@@ -209,17 +209,31 @@ class _Instance:
         return handle
 
     def _get(self, s: Slots) -> int:
-        bucket = self._bucket(s[0])
-        key_pointer, key_length, out_pointer, capacity = s[4], s[8], s[12], s[16]
+        # The hottest import: bounds checks and the handle lookup inlined.
+        handle, key_pointer, key_length, out_pointer, capacity = s[0], s[4], s[8], s[12], s[16]
+        handles = self.handles
+        if handle < 0 or handle >= len(handles):
+            raise _BAD_HANDLE
         memory = self.memory
-        if not (memory.fits(key_pointer, key_length) and memory.fits(out_pointer, capacity)):
-            raise _BAD_POINTER
-        value = bucket.get(memory.view[key_pointer : key_pointer + key_length].tobytes())
+        view = memory.view
+        size = len(view)
+        if (
+            key_pointer < 0
+            or key_length < 0
+            or capacity < 0
+            or out_pointer < 0
+            or key_pointer + key_length > size
+            or (capacity and out_pointer + capacity > size)
+        ):
+            if not (memory.fits(key_pointer, key_length) and memory.fits(out_pointer, capacity)):
+                raise _BAD_POINTER
+            view = memory.view
+        value = handles[handle].get(view[key_pointer : key_pointer + key_length].tobytes())
         if value is None:
             return Status.NOT_FOUND
         length = len(value)
         if length <= capacity:
-            memory.view[out_pointer : out_pointer + length] = value
+            view[out_pointer : out_pointer + length] = value
         return length
 
     def _set(self, s: Slots) -> int:

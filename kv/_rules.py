@@ -150,6 +150,8 @@ def encode_key(key: object, max_key_bytes: int, *, what: str = "key", allow_empt
     # Fast path for the common key: printable ASCII (no control characters) within the limit.
     if type(key) is str and key.isascii() and key.isprintable() and 0 < len(key) <= max_key_bytes:
         return key.encode("ascii")
+    if type(key) is bytes and key.isascii() and 0 < len(key) <= max_key_bytes and key.decode("ascii").isprintable():
+        return key
     if type(key) is str:
         try:
             raw = key.encode()
