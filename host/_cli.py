@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final
 
 import kv
+from kv._dump import export_tenant, import_dump
 
 from ._config import load_config
 from ._dev import DevLoop, serve_calls
@@ -52,10 +53,66 @@ def _parser() -> argparse.ArgumentParser:
         "--state", type=Path, default=DEFAULT_STATE_DIR, help=f"store directory (default: {DEFAULT_STATE_DIR})"
     )
     inspect.add_argument("--limit", type=int, default=100, help="keys to show per bucket (1..1000, default 100)")
+    export = commands.add_parser("export", help="write a tenant's keys, values and TTLs as a msgpack dump")
+    export.add_argument("--tenant", required=True, help="the tenant to export")
+    export.add_argument("--bucket", action="append", help="only this bucket (repeatable; default: all)")
+    export.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
+    _store_options(export)
+
+    load = commands.add_parser("import", help="load a dump, all or nothing (checked before any write)")
+    load.add_argument("file", help="the dump, or - for standard input")
+    load.add_argument("--tenant", help="import into this tenant instead of the dump's")
+    _store_options(load)
+
     dev = commands.add_parser("dev", help="load the configured plugins, hot-reload them, serve calls on 127.0.0.1")
     dev.add_argument("--config", type=Path, default=Path("wasmkv.toml"), help="config file (default: wasmkv.toml)")
     dev.add_argument("--listen", help="HOST:PORT for the call endpoint (default: [dev] listen, 127.0.0.1:8737)")
     return parser
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--state", type=Path, help=f"embedded store directory (default: {DEFAULT_STATE_DIR})")
+    where.add_argument("--config", type=Path, help="use the store and tenant quotas of this wasmkv.toml")
+
+
+def _open_store(args: argparse.Namespace) -> kv.KvStore:
+    """The store `--state` or `--config` names, with the config's tenant quotas registered."""
+    if args.config is None:
+        return kv.KvStore.open(args.state or DEFAULT_STATE_DIR, sweep_interval_s=None)
+    config = load_config(args.config)
+    if config.store.url is not None:
+        store = kv.KvStore.from_url(config.store.url, **config.store.options)
+    else:
+        assert config.store.path is not None
+        store = kv.KvStore.open(config.store.path, **config.store.options)
+    for name, quota in config.tenants.items():
+        store.tenant(name, quota)
+    return store
+
+
+def _export(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        if args.output is None:
+            count = export_tenant(store, args.tenant, sys.stdout.buffer, buckets=args.bucket)
+            sys.stdout.buffer.flush()
+        else:
+            with args.output.open("wb") as out:
+                count = export_tenant(store, args.tenant, out, buckets=args.bucket)
+    print(f"wasmkv: exported {count} keys of tenant {args.tenant}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _import(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        if args.file == "-":
+            report = import_dump(store, sys.stdin.buffer, tenant=args.tenant)
+        else:
+            with open(args.file, "rb") as source:
+                report = import_dump(store, source, tenant=args.tenant)
+    buckets = ", ".join(report.buckets) or "no buckets"
+    print(f"wasmkv: imported {report.keys} keys into tenant {report.tenant} ({buckets})", file=sys.stderr)
+    return EXIT_OK
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -160,11 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `wasmkv` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "dev":
-            return _dev(args)
-        return _inspect(args)
+        commands = {"run": _run, "dev": _dev, "export": _export, "import": _import, "inspect": _inspect}
+        return commands[args.command](args)
     except (HostError, kv.KvError, OSError) as exc:
         print(f"wasmkv: {exc}", file=sys.stderr)
         return EXIT_USAGE

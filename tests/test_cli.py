@@ -86,3 +86,26 @@ def test_run_reports_a_timeout(tmp_path: Path) -> None:
     result = wasmkv("run", "spin.wat", "--deadline-ms", "100", cwd=tmp_path)
     assert result.returncode == 3
     assert "ran past its deadline of 100 ms" in result.stderr
+
+
+def test_export_then_import_round_trips_a_tenant(built: Path, tmp_path: Path) -> None:  # noqa: F811
+    for _ in range(3):
+        wasmkv("run", built / "counter.wasm", "--call", "hit", "--tenant", "acme", cwd=tmp_path)
+    wasmkv("run", built / "session.wasm", "--call", "put", "--input", "s1 600000 data", "--bucket", "sessions",
+           "--tenant", "acme", cwd=tmp_path)  # fmt: skip
+    exported = wasmkv("export", "--tenant", "acme", "-o", "dump.bin", cwd=tmp_path)
+    assert exported.returncode == 0 and "exported 2 keys of tenant acme" in exported.stderr
+    imported = wasmkv("import", "dump.bin", "--state", "copy", "--tenant", "clone", cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 2 keys into tenant clone (default, sessions)" in imported.stderr
+    listing = wasmkv("inspect", "--state", "copy", cwd=tmp_path).stdout
+    assert "'hits' = b'3'" in listing
+    assert "'session:s1' = b'data'  (ttl " in listing
+
+
+def test_import_of_a_bad_file_changes_nothing_and_says_why(tmp_path: Path) -> None:
+    (tmp_path / "bad.bin").write_bytes(b"\x93not a dump")
+    result = wasmkv("import", "bad.bin", "--state", "s", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "dump" in result.stderr
+    assert "tenant" not in wasmkv("inspect", "--state", "s", cwd=tmp_path).stdout
