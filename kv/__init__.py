@@ -6,6 +6,7 @@ lives in RAM. Engines implement `Store` (or `AsyncStore`, bridged with
 key and enforces quotas around any of them.
 """
 
+from ._bridge import DEFAULT_BRIDGE_TIMEOUT_S, SyncBridge
 from ._errors import (
     AccessDenied,
     BackendUnavailable,
@@ -34,6 +35,7 @@ from ._rules import (
 from ._store import DEFAULT_SWEEP_INTERVAL_S, Bucket, KvStore, Tenant
 
 __all__ = [
+    "DEFAULT_BRIDGE_TIMEOUT_S",
     "DEFAULT_LIST_LIMIT",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_KEYS",
@@ -56,8 +58,19 @@ __all__ = [
     "Quota",
     "QuotaExceeded",
     "RateLimited",
+    "RedisStore",
     "Store",
+    "SyncBridge",
     "Tenant",
     "Usage",
     "ValueTooLarge",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # `RedisStore` is exported lazily, so that `import kv` never loads redis-py.
+    if name == "RedisStore":
+        from ._redis import RedisStore  # noqa: PLC0415
+
+        return RedisStore
+    raise AttributeError(f"module 'kv' has no attribute {name!r}")

@@ -13,8 +13,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Final
+from typing import Any, Final
 
+from ._bridge import SyncBridge
 from ._errors import BackendUnavailable, InvalidArgument
 from ._lmdb import LmdbStore
 from ._protocol import Store
@@ -51,6 +52,28 @@ Key = str | bytes
 """A key: a str, or its UTF-8 bytes (as plugins pass them)."""
 
 _log = logging.getLogger("kv")
+
+_LOCAL_OPTIONS: Final = frozenset({"fsync", "clock", "sweep_interval_s"})
+_MEMORY_OPTIONS: Final = frozenset({"clock", "sweep_interval_s"})
+_REDIS_OPTIONS: Final = frozenset(
+    {"timeout_s", "read_cache_size", "read_cache_ms", "key_prefix", "max_connections", "sweep_interval_s"}
+)
+#: How much longer than a Redis store's own operation timeout the sync bridge waits before giving up.
+_BRIDGE_GRACE_S: Final = 1.0
+
+
+def _batch_fast_path(keys: list[Key], max_key_bytes: int) -> list[bytes] | None:
+    """Validate a batch of printable-ASCII str keys in C-level passes; None if any key needs the full check."""
+    try:
+        joined = "".join(keys)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    if not (joined.isascii() and joined.isprintable()) or not keys:
+        return None
+    lengths = list(map(len, keys))
+    if min(lengths) < 1 or max(lengths) > max_key_bytes:
+        return None
+    return [key.encode("ascii") for key in keys]  # type: ignore[union-attr]
 
 
 class KvStore:
@@ -122,6 +145,65 @@ class KvStore:
             sweep_interval_s=sweep_interval_s,
             on_close=lambda: shutil.rmtree(directory, ignore_errors=True),
         )
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> KvStore:
+        """Open the store a URL names; the one place that knows every backend.
+
+        - a plain path or `lmdb:///abs/path`: `KvStore.open` (options `fsync`, `clock`, `sweep_interval_s`)
+        - `memory:`: `KvStore.memory` (options `clock`, `sweep_interval_s`)
+        - `redis://host:port/db`: one Redis node
+        - `redis+cluster://host:port[,host:port...]`: a Redis Cluster, any nodes as startup nodes
+
+        Redis options: `timeout_s` (per operation, default 2 s), `read_cache_size`
+        (0 = off), `read_cache_ms`, `key_prefix`, `max_connections`,
+        `sweep_interval_s`. redis-py is imported only for a Redis URL.
+
+        Raises:
+            InvalidArgument: if the URL scheme is unknown, the URL malformed or an option unknown.
+            BackendUnavailable: if a local store cannot be opened (Redis connects lazily:
+                its first operation reports an unreachable server).
+        """
+        if not isinstance(url, str):
+            raise InvalidArgument(f"store URL must be a str, got {type(url).__name__}")
+        scheme, sep, rest = url.partition(":")
+        if not sep or "/" in scheme or len(scheme) == 1:  # no scheme, a relative path, or a Windows drive
+            return cls._from_options("path", options, lambda **kw: cls.open(url, **kw), _LOCAL_OPTIONS)
+        if scheme == "lmdb":
+            path = rest.removeprefix("//")
+            if not path.startswith("/"):
+                raise InvalidArgument(f"an lmdb URL needs an absolute path (lmdb:///abs/path), got {url!r}")
+            return cls._from_options("lmdb", options, lambda **kw: cls.open(path, **kw), _LOCAL_OPTIONS)
+        if scheme == "memory":
+            if rest.strip("/"):
+                raise InvalidArgument(f"a memory URL takes no path (memory:), got {url!r}")
+            return cls._from_options("memory", options, cls.memory, _MEMORY_OPTIONS)
+        if scheme in ("redis", "redis+cluster"):
+            return cls._from_options(scheme, options, lambda **kw: cls._redis(url, **kw), _REDIS_OPTIONS)
+        raise InvalidArgument(
+            f"unknown store URL scheme {scheme!r} in {url!r}: use a path, lmdb://, memory:, redis:// or redis+cluster://"
+        )
+
+    @classmethod
+    def _from_options(
+        cls, kind: str, options: dict[str, Any], factory: Callable[..., KvStore], allowed: frozenset[str]
+    ) -> KvStore:
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise InvalidArgument(f"unknown option(s) for a {kind} store: {', '.join(unknown)}")
+        return factory(**options)
+
+    @classmethod
+    def _redis(
+        cls, url: str, *, sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S, **redis_options: Any
+    ) -> KvStore:
+        # Imported here so that the embedded default never loads redis-py.
+        from ._redis import RedisStore  # noqa: PLC0415
+
+        engine = RedisStore.from_url(url, **redis_options)
+        # The bridge is a backstop over the store's own per-operation timeout: it only fires if the loop is stuck.
+        bridge = SyncBridge(engine, timeout_s=engine.timeout_s + _BRIDGE_GRACE_S)
+        return cls(bridge, sweep_interval_s=sweep_interval_s)
 
     def tenant(self, name: str, quota: Quota | None = None) -> Tenant:
         """The tenant called `name`, with `quota` (or the default `Quota()`).
@@ -247,7 +329,9 @@ class Bucket:
         keys = list(keys)
         check_batch_size(len(keys))
         max_key_bytes = self.tenant.quota.max_key_bytes
-        raw = [encode_key(key, max_key_bytes) for key in keys]
+        raw = _batch_fast_path(keys, max_key_bytes)
+        if raw is None:
+            raw = [encode_key(key, max_key_bytes) for key in keys]
         if self.tenant._limiter is not None:
             self.tenant._limiter.acquire(max(1, len(raw)))
         return raw

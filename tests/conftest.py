@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import _servers
 import pytest
 
 import kv
@@ -48,11 +52,46 @@ def _durable(tmp_path: Path, clock: FakeClock) -> kv.KvStore:
     return kv.KvStore.open(tmp_path / "state", clock=clock, sweep_interval_s=None)
 
 
+def _unique_prefix() -> str:
+    # Each test gets its own key space on the shared servers, so nothing needs flushing between tests.
+    return f"t{uuid.uuid4().hex[:16]}"
+
+
+def _redis(tmp_path: Path, clock: FakeClock) -> kv.KvStore:
+    return kv.KvStore.from_url(_servers.single().url, key_prefix=_unique_prefix(), sweep_interval_s=None)
+
+
+def _redis_cluster(tmp_path: Path, clock: FakeClock) -> kv.KvStore:
+    return kv.KvStore.from_url(_servers.cluster().url, key_prefix=_unique_prefix(), sweep_interval_s=None)
+
+
 #: name -> (factory, whether it honours an injected clock)
 STORES: dict[str, tuple[Callable[[Path, FakeClock], kv.KvStore], bool]] = {
     "memory": (_memory, True),
     "durable": (_durable, True),
+    "redis": (_redis, False),
+    "redis-cluster": (_redis_cluster, False),
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_servers() -> Iterator[None]:
+    """Stop, by PID, the Redis servers the session started on demand (none if no test asked for one)."""
+    yield
+    _servers.stop_all()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def built() -> Path:
+    """The sample plugins, built once per session by plugins/build.py (zig from the ziglang package)."""
+    subprocess.run([sys.executable, str(ROOT / "plugins" / "build.py")], check=True, capture_output=True)
+    build = ROOT / "plugins" / "build"
+    for name in ("counter", "session", "ratelimit", "leaderboard"):
+        assert (build / f"{name}.wasm").stat().st_size > 0
+    return build
 
 
 @pytest.fixture(params=sorted(STORES))

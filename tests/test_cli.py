@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_plugins_e2e import built  # noqa: F401 - the session fixture that builds the sample plugins
 
 WASMKV = str(Path(sys.executable).parent / "wasmkv")
 
@@ -16,7 +15,7 @@ def wasmkv(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([WASMKV, *map(str, args)], check=False, capture_output=True, text=True, cwd=cwd, timeout=60)
 
 
-def test_run_keeps_state_across_processes_in_the_default_state_dir(built: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_run_keeps_state_across_processes_in_the_default_state_dir(built: Path, tmp_path: Path) -> None:
     first = wasmkv("run", built / "counter.wasm", "--call", "hit", cwd=tmp_path)
     second = wasmkv("run", built / "counter.wasm", "--call", "hit", cwd=tmp_path)
     assert (first.returncode, first.stdout) == (0, "1\n")
@@ -24,7 +23,7 @@ def test_run_keeps_state_across_processes_in_the_default_state_dir(built: Path, 
     assert (tmp_path / ".wasmkv" / "state").is_dir()
 
 
-def test_run_takes_input_text_or_a_file_and_a_tenant(built: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_run_takes_input_text_or_a_file_and_a_tenant(built: Path, tmp_path: Path) -> None:
     (tmp_path / "name.txt").write_text("visits")
     assert wasmkv("run", built / "counter.wasm", "--call", "hit", "--input", "@name.txt", cwd=tmp_path).stdout == "1\n"
     assert wasmkv("run", built / "counter.wasm", "--call", "read", "--input", "visits", cwd=tmp_path).stdout == "1\n"
@@ -32,7 +31,7 @@ def test_run_takes_input_text_or_a_file_and_a_tenant(built: Path, tmp_path: Path
     assert other.stdout == "0\n"
 
 
-def test_run_with_a_granted_bucket_and_raw_output(built: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_run_with_a_granted_bucket_and_raw_output(built: Path, tmp_path: Path) -> None:
     put = wasmkv("run", built / "session.wasm", "--call", "put", "--input", "s1 60000 hello", "--bucket", "sessions",
                  cwd=tmp_path)  # fmt: skip
     assert put.returncode == 0
@@ -41,7 +40,7 @@ def test_run_with_a_granted_bucket_and_raw_output(built: Path, tmp_path: Path) -
     assert fetched.stdout == "hello"
 
 
-def test_inspect_prints_tenants_usage_and_keys(built: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_inspect_prints_tenants_usage_and_keys(built: Path, tmp_path: Path) -> None:
     wasmkv("run", built / "counter.wasm", "--call", "hit", "--tenant", "acme", cwd=tmp_path)
     wasmkv("run", built / "session.wasm", "--call", "put", "--input", "s1 60000 x", "--bucket", "sessions",
            "--tenant", "acme", cwd=tmp_path)  # fmt: skip
@@ -63,13 +62,13 @@ def test_inspect_prints_tenants_usage_and_keys(built: Path, tmp_path: Path) -> N
         (["--call", "hit", "--input", "@missing.txt"], 2, "missing.txt"),
     ],
 )
-def test_run_reports_bad_usage_clearly(built: Path, tmp_path: Path, args: list[str], code: int, message: str) -> None:  # noqa: F811
+def test_run_reports_bad_usage_clearly(built: Path, tmp_path: Path, args: list[str], code: int, message: str) -> None:
     result = wasmkv("run", built / "counter.wasm", *args, cwd=tmp_path)
     assert result.returncode == code
     assert message in result.stderr
 
 
-def test_run_reports_a_plugin_status_and_a_missing_file(built: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_run_reports_a_plugin_status_and_a_missing_file(built: Path, tmp_path: Path) -> None:
     status = wasmkv("run", built / "session.wasm", "--call", "fetch", "--input", "nope", "--bucket", "sessions",
                     cwd=tmp_path)  # fmt: skip
     assert status.returncode == 1
@@ -88,7 +87,7 @@ def test_run_reports_a_timeout(tmp_path: Path) -> None:
     assert "ran past its deadline of 100 ms" in result.stderr
 
 
-def test_export_then_import_round_trips_a_tenant(built: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_export_then_import_round_trips_a_tenant(built: Path, tmp_path: Path) -> None:
     for _ in range(3):
         wasmkv("run", built / "counter.wasm", "--call", "hit", "--tenant", "acme", cwd=tmp_path)
     wasmkv("run", built / "session.wasm", "--call", "put", "--input", "s1 600000 data", "--bucket", "sessions",

@@ -6,12 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_plugins_e2e import built  # noqa: F401 - builds the sample plugins
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_two_tenants_example_shows_a_quota_error_reaching_the_plugin(built: Path) -> None:  # noqa: F811
+def test_two_tenants_example_shows_a_quota_error_reaching_the_plugin(built: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "two_tenants.py")], capture_output=True, text=True, check=True
     )

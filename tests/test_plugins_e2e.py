@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,18 +12,6 @@ import pytest
 
 import host
 import kv
-
-ROOT = Path(__file__).resolve().parent.parent
-BUILD = ROOT / "plugins" / "build"
-
-
-@pytest.fixture(scope="session")
-def built() -> Path:
-    """Build every sample plugin with plugins/build.py (zig from the ziglang package)."""
-    subprocess.run([sys.executable, str(ROOT / "plugins" / "build.py")], check=True, capture_output=True)
-    for name in ("counter", "session", "ratelimit", "leaderboard"):
-        assert (BUILD / f"{name}.wasm").stat().st_size > 0
-    return BUILD
 
 
 @pytest.fixture
