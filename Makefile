@@ -40,6 +40,8 @@ bench: plugins
 	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_host.py
 	$(BIN)/python bench/bench_dev.py
+	$(BIN)/python tests/ensure_redis.py
+	$(BIN)/python bench/bench_cluster.py
 
 clean:
 	rm -rf $(VENV) plugins/build .wasmkv

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Final
 
 import kv
-from kv._dump import export_tenant, import_dump
 
 from ._config import load_config
 from ._dev import DevLoop, serve_calls
@@ -94,11 +93,11 @@ def _open_store(args: argparse.Namespace) -> kv.KvStore:
 def _export(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         if args.output is None:
-            count = export_tenant(store, args.tenant, sys.stdout.buffer, buckets=args.bucket)
+            count = kv.export_tenant(store, args.tenant, sys.stdout.buffer, buckets=args.bucket)
             sys.stdout.buffer.flush()
         else:
             with args.output.open("wb") as out:
-                count = export_tenant(store, args.tenant, out, buckets=args.bucket)
+                count = kv.export_tenant(store, args.tenant, out, buckets=args.bucket)
     print(f"wasmkv: exported {count} keys of tenant {args.tenant}", file=sys.stderr)
     return EXIT_OK
 
@@ -106,10 +105,10 @@ def _export(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         if args.file == "-":
-            report = import_dump(store, sys.stdin.buffer, tenant=args.tenant)
+            report = kv.import_dump(store, sys.stdin.buffer, tenant=args.tenant)
         else:
             with open(args.file, "rb") as source:
-                report = import_dump(store, source, tenant=args.tenant)
+                report = kv.import_dump(store, source, tenant=args.tenant)
     buckets = ", ".join(report.buckets) or "no buckets"
     print(f"wasmkv: imported {report.keys} keys into tenant {report.tenant} ({buckets})", file=sys.stderr)
     return EXIT_OK

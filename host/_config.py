@@ -52,6 +52,7 @@ __all__ = ["DEFAULT_DEV_LISTEN", "Config", "PluginConfig", "StoreConfig", "load_
 
 DEFAULT_DEV_LISTEN: Final = "127.0.0.1:8737"
 DEFAULT_DEBOUNCE_MS: Final = 50
+_REMOTE_OPTIONS: Final = frozenset({"timeout_s", "read_cache_size", "read_cache_ms", "max_connections", "key_prefix"})
 
 T = TypeVar("T")
 
@@ -271,7 +272,13 @@ def _store(table: _Reader | None, file: Path, root: Path) -> StoreConfig:
     for count in ("read_cache_size", "max_connections"):
         if (value := table.get(count, int, None, _positive)) is not None:
             options[count] = value
-    table.done("path, url, fsync, timeout_s, read_cache_size, read_cache_ms, max_connections, sweep_interval_s")
+    if (prefix := table.get("key_prefix", str)) is not None:
+        options["key_prefix"] = prefix
+    table.done(
+        "path, url, fsync, timeout_s, read_cache_size, read_cache_ms, max_connections, sweep_interval_s, key_prefix"
+    )
+    if url is None and (remote := sorted(set(options) & _REMOTE_OPTIONS)):
+        raise table.error(f"store.{remote[0]}", "applies to a clustered store only (url), not to path")
     if url is not None and "fsync" in options:
         raise table.error("store.fsync", "applies to the embedded store only (path), not to url")
     return StoreConfig(path=None if url is not None else root / (path or ".wasmkv/state"), url=url, options=options)

@@ -7,6 +7,7 @@ key and enforces quotas around any of them.
 """
 
 from ._bridge import DEFAULT_BRIDGE_TIMEOUT_S, SyncBridge
+from ._dump import DUMP_FORMAT, DUMP_VERSION, ImportReport, export_tenant, import_dump
 from ._errors import (
     AccessDenied,
     BackendUnavailable,
@@ -42,11 +43,14 @@ __all__ = [
     "DEFAULT_MAX_KEY_BYTES",
     "DEFAULT_MAX_VALUE_BYTES",
     "DEFAULT_SWEEP_INTERVAL_S",
+    "DUMP_FORMAT",
+    "DUMP_VERSION",
     "MAX_TTL_MS",
     "AccessDenied",
     "AsyncStore",
     "BackendUnavailable",
     "Bucket",
+    "ImportReport",
     "IntegerOverflow",
     "InvalidArgument",
     "InvalidKey",
@@ -64,6 +68,8 @@ __all__ = [
     "Tenant",
     "Usage",
     "ValueTooLarge",
+    "export_tenant",
+    "import_dump",
 ]
 
 

@@ -91,6 +91,7 @@ def test_an_empty_config_uses_the_defaults(tmp_path: Path) -> None:
         ("[store]\npath = 'a'\nurl = 'redis://x'", r"store: set either path \(embedded\) or url"),
         ("[store]\nurl = 'redis://x'\nfsync = true", r"store\.fsync: applies to the embedded store only"),
         ("[store]\nbogus = 1", r"store\.bogus: unknown key"),
+        ("[store]\npath = 'x'\ntimeout_s = 1", r"store\.timeout_s: applies to a clustered store only"),
         ("[store]\ntimeout_s = -1", r"store\.timeout_s: must be positive, got -1"),
         ("[cache]\nenabled = 'yes'", r"cache\.enabled: must be a boolean, got a string"),
         ("[dev]\nlisten = 'nowhere'", r"dev\.listen: must be HOST:PORT, got 'nowhere'"),

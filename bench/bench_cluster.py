@@ -10,7 +10,7 @@ each operation, times one caller issuing it back to back three ways:
 
 Then the throughput of 3 processes hammering one cluster. Prints a markdown table.
 
-    .venv/bin/python bench/cluster.py [--iterations N] [--seconds S]
+    .venv/bin/python bench/bench_cluster.py [--iterations N] [--seconds S]
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from bench_host import LOOPS  # the same loop plugin as the embedded-store benchmark
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+import host
 import kv
 
 PREFIX = "bench"
@@ -217,6 +219,61 @@ def throughput(url: str, processes: int, seconds: float) -> float:
     return total
 
 
+HOST_WORKER = textwrap.dedent(
+    """
+    import json, sys, time, host, kv
+    url, me, seconds, counter = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    with kv.KvStore.from_url(url, key_prefix="benchhosts", sweep_interval_s=None) as store, host.Host(store) as h:
+        plugin = h.load(counter, name="counter", tenant="t%d" % me)
+        sys.stdin.readline()
+        calls, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for i in range(20):
+                plugin.call("hit", b"page%d" % (i % 10))
+            calls += 20
+        print(json.dumps({"ops": calls, "seconds": seconds}))
+    """
+)
+
+
+def host_throughput(url: str, processes: int, seconds: float) -> float:
+    """Plugin calls per second (each an increment in the cluster) summed over `processes` host processes."""
+    counter = Path(__file__).resolve().parent.parent / "plugins" / "build" / "counter.wasm"
+    subprocess.run([sys.executable, str(counter.parent.parent / "build.py")], check=True, capture_output=True)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", HOST_WORKER, url, str(n), str(seconds), str(counter)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(processes)
+    ]
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    total = 0.0
+    for worker in workers:
+        out, _ = worker.communicate(timeout=seconds + 60)
+        report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        total += report["ops"] / report["seconds"]
+    return total
+
+
+def plugin_get_us(url: str, count: int) -> float:
+    """A plugin's get round trip on the cluster: a wasm loop of `count` gets, per get."""
+    with kv.KvStore.from_url(url, key_prefix="benchplugin", sweep_interval_s=None) as store, host.Host(store) as h:
+        store.tenant("bench").bucket().set("user:00000042", b"v" * 64)
+        plugin = h.load(LOOPS, name="loops", tenant="bench", limits=host.Limits(deadline_ms=60_000))
+        samples = []
+        for _ in range(7):
+            started = time.perf_counter()
+            plugin.call("get", count.to_bytes(4, "little"))
+            samples.append((time.perf_counter() - started) / count * 1e6)
+        return statistics.median(samples)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=3000)
@@ -230,6 +287,9 @@ def main() -> None:
         bridged = bridge_timings(url, args.iterations)
         one = throughput(url, 1, args.seconds)
         three = throughput(url, 3, args.seconds)
+        plugin_get = plugin_get_us(url, 2000)
+        hosts_one = host_throughput(url, 1, args.seconds)
+        hosts_three = host_throughput(url, 3, args.seconds)
     finally:
         servers.stop()
     print(f"Redis Cluster 3 masters + 3 replicas on loopback, one caller, median of {args.iterations} calls (µs)\n")
@@ -241,6 +301,10 @@ def main() -> None:
     print(f"\nThroughput, mixed 50% get / 25% set / 25% increment, {args.seconds:g} s, one thread per process:\n")
     print("| processes | ops/s |\n|---:|---:|")
     print(f"| 1 | {one:,.0f} |\n| 3 | {three:,.0f} |")
+    print(f"\nA plugin's get round trip on the cluster (wasm loop of gets through the bridge): {plugin_get:.0f} µs\n")
+    print("Host processes, each calling the counter plugin (one increment in the cluster per call):\n")
+    print("| host processes | plugin calls/s |\n|---:|---:|")
+    print(f"| 1 | {hosts_one:,.0f} |\n| 3 | {hosts_three:,.0f} |")
 
 
 if __name__ == "__main__":
