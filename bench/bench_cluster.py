@@ -197,15 +197,13 @@ WORKER = textwrap.dedent(
 )
 
 
-def throughput(url: str, processes: int, seconds: float) -> float:
+def _rate(script: str, args: list[list[str]], seconds: float) -> float:
+    """Run one worker process per argument list, release them together; their ops per second, summed."""
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, url, str(n), str(seconds)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+            [sys.executable, "-c", script, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
-        for n in range(processes)
+        for argv in args
     ]
     for worker in workers:
         assert worker.stdin is not None
@@ -217,6 +215,11 @@ def throughput(url: str, processes: int, seconds: float) -> float:
         report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         total += report["ops"] / report["seconds"]
     return total
+
+
+def throughput(url: str, processes: int, seconds: float) -> float:
+    """Store operations per second summed over `processes` processes."""
+    return _rate(WORKER, [[url, str(n), str(seconds)] for n in range(processes)], seconds)
 
 
 HOST_WORKER = textwrap.dedent(
@@ -240,25 +243,7 @@ def host_throughput(url: str, processes: int, seconds: float) -> float:
     """Plugin calls per second (each an increment in the cluster) summed over `processes` host processes."""
     counter = Path(__file__).resolve().parent.parent / "plugins" / "build" / "counter.wasm"
     subprocess.run([sys.executable, str(counter.parent.parent / "build.py")], check=True, capture_output=True)
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", HOST_WORKER, url, str(n), str(seconds), str(counter)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(processes)
-    ]
-    for worker in workers:
-        assert worker.stdin is not None
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
-    total = 0.0
-    for worker in workers:
-        out, _ = worker.communicate(timeout=seconds + 60)
-        report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-        total += report["ops"] / report["seconds"]
-    return total
+    return _rate(HOST_WORKER, [[url, str(n), str(seconds), str(counter)] for n in range(processes)], seconds)
 
 
 def plugin_get_us(url: str, count: int) -> float:

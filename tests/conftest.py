@@ -12,6 +12,7 @@ from pathlib import Path
 import _servers
 import pytest
 
+import host
 import kv
 
 StoreFactory = Callable[..., kv.KvStore]
@@ -92,6 +93,20 @@ def built() -> Path:
     for name in ("counter", "session", "ratelimit", "leaderboard"):
         assert (build / f"{name}.wasm").stat().st_size > 0
     return build
+
+
+@pytest.fixture
+def kvstore() -> Iterator[kv.KvStore]:
+    """A fresh in-memory store, for host tests that need one store and no parametrizing."""
+    with kv.KvStore.memory() as opened:
+        yield opened
+
+
+@pytest.fixture
+def wasm_host(kvstore: kv.KvStore) -> Iterator[host.Host]:
+    """A host over `kvstore`."""
+    with host.Host(kvstore) as opened:
+        yield opened
 
 
 @pytest.fixture(params=sorted(STORES))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import msgpack
 import pytest
 from wat import Raw, forwarder
@@ -14,18 +12,6 @@ from abi import Status
 
 NAME, KEY, VAL, OUT, EXP = 0, 100, 1000, 4000, 8000  # memory offsets used by the tests
 PAGE = 65536
-
-
-@pytest.fixture
-def kvstore() -> Iterator[kv.KvStore]:
-    with kv.KvStore.memory() as store:
-        yield store
-
-
-@pytest.fixture
-def wasm_host(kvstore: kv.KvStore) -> Iterator[host.Host]:
-    with host.Host(kvstore) as opened:
-        yield opened
 
 
 def load(wasm_host: host.Host, tenant: kv.Tenant | str = "acme", buckets: tuple[str, ...] = ("default",)) -> Raw:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,18 +48,6 @@ COUNTER = """
   (func (export "not_entry") (param i32) (result i32) (local.get 0))
 )
 """
-
-
-@pytest.fixture
-def kvstore() -> Iterator[kv.KvStore]:
-    with kv.KvStore.memory() as store:
-        yield store
-
-
-@pytest.fixture
-def wasm_host(kvstore: kv.KvStore) -> Iterator[host.Host]:
-    with host.Host(kvstore) as opened:
-        yield opened
 
 
 def test_entry_points_are_the_exports_of_type_void_to_i32(wasm_host: host.Host) -> None:

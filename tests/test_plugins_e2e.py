@@ -16,14 +16,9 @@ import kv
 
 @pytest.fixture
 def kvstore(tmp_path: Path) -> Iterator[kv.KvStore]:
+    """The sample plugins run on the durable store (conftest's `wasm_host` picks this up)."""
     with kv.KvStore.open(tmp_path / "state") as store:
         yield store
-
-
-@pytest.fixture
-def wasm_host(kvstore: kv.KvStore) -> Iterator[host.Host]:
-    with host.Host(kvstore) as opened:
-        yield opened
 
 
 def test_counter_counts_reads_and_resets(built: Path, wasm_host: host.Host, kvstore: kv.KvStore) -> None:
