@@ -61,10 +61,10 @@ def test_every_acknowledged_write_survives_kill_9(tmp_path: Path) -> None:
             batches = [i for i in acked if i % 10 == 0]
             for i in batches:
                 assert bucket.get_many([f"m{i:07d}-{j}" for j in range(5)]) == [b"batch"] * 5
-            # The counter is acknowledged after its round, so it is at least the rounds acknowledged
-            # and at most one more (a round whose increment committed but whose ack was not printed).
+            # Every acknowledged round's increment is durable. The writer may have run ahead of
+            # the acknowledgements we read (the pipe buffers them), so the counter can be higher.
             counter = int(bucket.get("acked") or b"0")
-            assert last + 1 <= counter <= last + 2
+            assert counter >= last + 1
             # Quota accounting survived too: usage equals what a full count finds.
             assert store.tenant("crash").usage().keys == len(_all_keys(bucket))
             start = counter  # the next writer numbers its rounds on from the counter
