@@ -133,6 +133,12 @@ def main() -> None:
         list_us = median_us(lambda i: bucket.list_keys("user:", cursors[i % m], 100), batch=20)
         rows.append((f"store list_keys, 100-key page of {args.keys:,} keys", list_us))
         rows.append(("store get_many of 100 keys", median_us(lambda i: bucket.get_many(keys[:100]), batch=20)))
+
+        def raw_getmulti(i: int) -> None:
+            with engine_env.begin(db=engine_db) as txn:
+                txn.cursor().getmulti(raw_keys[:100])
+
+        rows.append(("raw LMDB getmulti of the same 100 keys", median_us(raw_getmulti, batch=20)))
     with kv.KvStore.open(scratch / "fsync", fsync=True, sweep_interval_s=None) as store:
         bucket = store.tenant("bench").bucket()
         fsync_us = median_us(lambda i: bucket.set(f"k{i % 100}", VALUE), batch=10, rounds=11)

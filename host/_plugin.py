@@ -283,12 +283,13 @@ class _Instance:
         page = bucket.list_keys(prefix, cursor, s[20])  # type: ignore[arg-type]
         return self._reply(msgpack.packb({"keys": page.keys, "cursor": page.cursor}), out_pointer, capacity)
 
-    def _unpack(self, s: Slots) -> object:
+    def _unpack(self, s: Slots, *, raw: bool = False) -> object:
         request = self._read(s[4], s[8])
         try:
-            # surrogateescape: a str key that is not UTF-8 survives unpacking and fails
-            # the bucket's key check (-2, like any invalid key), not the whole request (-12).
-            return msgpack.unpackb(request, raw=False, unicode_errors="surrogateescape", strict_map_key=False)
+            # raw=True (key lists): str keys stay bytes, which the bucket validates as UTF-8 without
+            # decoding and re-encoding them. Otherwise surrogateescape keeps a non-UTF-8 str key
+            # alive until the bucket's key check (-2, like any invalid key), not the whole request (-12).
+            return msgpack.unpackb(request, raw=raw, unicode_errors="surrogateescape", strict_map_key=False)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise kv.InvalidArgument(f"request is not valid msgpack: {exc}") from None
 
@@ -302,7 +303,7 @@ class _Instance:
         out_pointer, capacity = s[12], s[16]
         if not self.memory.fits(out_pointer, capacity):
             raise _BAD_POINTER
-        values = bucket.get_many(self._key_list(self._unpack(s)))
+        values = bucket.get_many(self._key_list(self._unpack(s, raw=True)))
         return self._reply(msgpack.packb(values, use_bin_type=True), out_pointer, capacity)
 
     def _set_many(self, s: Slots) -> int:
@@ -316,7 +317,7 @@ class _Instance:
         return 0
 
     def _delete_many(self, s: Slots) -> int:
-        return self._bucket(s[0]).delete_many(self._key_list(self._unpack(s)))
+        return self._bucket(s[0]).delete_many(self._key_list(self._unpack(s, raw=True)))
 
     # -- host imports ---------------------------------------------------------------------------
 

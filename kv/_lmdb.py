@@ -310,7 +310,7 @@ class LmdbStore:
             raise self._unavailable(exc) from exc
         try:
             now = now_ms(self._clock)
-            if all(len(key) < short for key in keys):
+            if not keys or max(map(len, keys)) < short:
                 # One C-level lookup loop for the whole batch, then one pass to unwrap the records.
                 found = dict(txn.cursor().getmulti(full))
                 return [

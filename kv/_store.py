@@ -63,15 +63,32 @@ _BRIDGE_GRACE_S: Final = 1.0
 
 
 def _batch_fast_path(keys: list[Key], max_key_bytes: int) -> list[bytes] | None:
-    """Validate a batch of printable-ASCII str keys in C-level passes; None if any key needs the full check."""
+    """Validate a batch of printable-ASCII keys (all str, or all bytes) in C-level passes.
+
+    None if any key needs the full per-key check.
+    """
+    if not keys:
+        return None
+    try:
+        lengths = list(map(len, keys))
+    except TypeError:
+        return None
+    if min(lengths) < 1 or max(lengths) > max_key_bytes:
+        return None
+    if type(keys[0]) is bytes:
+        try:
+            joined_bytes = b"".join(keys)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+        # bytes keys are their own encoding: ASCII without control characters needs no copy.
+        if joined_bytes.isascii() and joined_bytes.decode("ascii").isprintable():
+            return keys  # type: ignore[return-value]
+        return None
     try:
         joined = "".join(keys)  # type: ignore[arg-type]
     except TypeError:
         return None
-    if not (joined.isascii() and joined.isprintable()) or not keys:
-        return None
-    lengths = list(map(len, keys))
-    if min(lengths) < 1 or max(lengths) > max_key_bytes:
+    if not (joined.isascii() and joined.isprintable()):
         return None
     return [key.encode("ascii") for key in keys]  # type: ignore[union-attr]
 
