@@ -281,7 +281,8 @@ class LmdbStore:
         """The live value, or None."""
         prefix = ns.prefix
         try:
-            txn = self._env.begin(db=self._data, buffers=True)
+            # Positional arguments: py-lmdb parses them measurably faster than keywords on this hot path.
+            txn = self._env.begin(self._data, None, False, True)
         except lmdb.Error as exc:
             raise self._unavailable(exc) from exc
         try:
@@ -495,7 +496,7 @@ class LmdbStore:
     @contextmanager
     def _read(self) -> Iterator[lmdb.Transaction]:
         try:
-            txn = self._env.begin(db=self._data, buffers=True)
+            txn = self._env.begin(self._data, None, False, True)
         except lmdb.Error as exc:
             raise self._unavailable(exc) from exc
         try:
