@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+from wat import versioned
 
 WASMKV = str(Path(sys.executable).parent / "wasmkv")
 
@@ -108,3 +113,42 @@ def test_import_of_a_bad_file_changes_nothing_and_says_why(tmp_path: Path) -> No
     assert result.returncode == 2
     assert "dump" in result.stderr
     assert "tenant" not in wasmkv("inspect", "--state", "s", cwd=tmp_path).stdout
+
+
+def test_dev_serves_calls_and_hot_reloads_then_stops_on_ctrl_c(tmp_path: Path) -> None:
+    (tmp_path / "p.wat").write_text(versioned(1))
+    (tmp_path / "wasmkv.toml").write_text(
+        '[dev]\ndebounce_ms = 20\n[tenants.acme]\n[plugins.p]\nfile = "p.wat"\ntenant = "acme"\n'
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dev = subprocess.Popen(
+        [WASMKV, "dev", "--listen", f"127.0.0.1:{port}"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert dev.stdout is not None
+        lines = iter(dev.stdout.readline, "")
+        assert any(line.startswith("Ctrl-C stops.") for line in lines)  # the event: dev is serving
+
+        def call() -> bytes:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/call/p/call", data=b"")
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return bytes(response.read())
+
+        assert call()[:3] == b"v01"
+        tmp = tmp_path / "p.tmp"
+        tmp.write_text(versioned(2))
+        os.replace(tmp, tmp_path / "p.wat")
+        reload_line = next(line for line in lines if line.startswith("reload"))
+        assert reload_line.startswith("reloaded p ") and "(p.wat)" in reload_line
+        answer = call()
+        assert answer[:3] == b"v02"
+        assert int.from_bytes(answer[3:11], "little") == 2  # state kept across the swap
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(timeout=10) == 0
+    finally:
+        dev.kill()
+        dev.wait()
+        if dev.stdout is not None:
+            dev.stdout.close()

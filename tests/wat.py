@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import wasmtime
@@ -51,3 +52,28 @@ class Raw:
 
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self._instance.memory.view[offset : offset + length])
+
+
+def versioned(version: int, padding: int = 0) -> str:
+    """A plugin whose `call` counts in the store and answers `vNN` + the count as 8 bytes."""
+    data = f'(data (i32.const 4096) "{"x" * padding}")' if padding else ""
+    return textwrap.dedent(
+        f"""
+        (module
+          (import "kv" "open" (func $open (param i32 i32) (result i32)))
+          (import "kv" "increment" (func $incr (param i32 i32 i32 i64 i32) (result i32)))
+          (import "host" "output" (func $out (param i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 0) "default")
+          (data (i32.const 16) "hits")
+          (data (i32.const 64) "v{version:02d}")
+          {data}
+          (func (export "call") (result i32) (local $rc i32)
+            (local.set $rc (call $incr (call $open (i32.const 0) (i32.const 7))
+                                       (i32.const 16) (i32.const 4) (i64.const 1) (i32.const 32)))
+            (if (i32.lt_s (local.get $rc) (i32.const 0)) (then (return (local.get $rc))))
+            (drop (call $out (i32.const 64) (i32.const 3)))
+            (drop (call $out (i32.const 32) (i32.const 8)))
+            (i32.const 0)))
+        """
+    )
