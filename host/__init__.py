@@ -17,6 +17,7 @@ from ._errors import (
     PluginTimeout,
     PluginTrap,
     UnknownExport,
+    UnknownPlugin,
 )
 from ._host import EPOCH_TICK_MS, Host, Source
 from ._limits import DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_BYTES, Limits
@@ -45,6 +46,7 @@ __all__ = [
     "Source",
     "StoreConfig",
     "UnknownExport",
+    "UnknownPlugin",
     "Version",
     "load_config",
     "serve_calls",

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import kv
-from kv._rules import MAX_NAME_CHARS
 
 from ._errors import ConfigError
 from ._limits import Limits
@@ -168,9 +167,9 @@ def _positive(value: float) -> str | None:
 
 def _name(value: str) -> str | None:
     try:
-        kv._rules.check_name("name", value)
+        kv.check_name("name", value)
     except kv.InvalidArgument:
-        return f"must be 1-{MAX_NAME_CHARS} characters of [A-Za-z0-9_-], got {value!r}"
+        return f"must be 1-{kv.MAX_NAME_CHARS} characters of [A-Za-z0-9_-], got {value!r}"
     return None
 
 

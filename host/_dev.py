@@ -17,7 +17,7 @@ from typing import Final
 import watchfiles
 
 from ._config import Config, PluginConfig
-from ._errors import HostError, PluginError, PluginStatusError, UnknownExport
+from ._errors import HostError, PluginError, PluginStatusError, UnknownExport, UnknownPlugin
 from ._host import Host, read_source
 
 __all__ = ["BUILD_TIMEOUT_S", "DevLoop", "ReloadEvent", "serve_calls"]
@@ -130,7 +130,13 @@ class DevLoop:
                 if plugin.build not in built:
                     built[plugin.build] = self._build(plugin)
                 error = built[plugin.build]
-            events.extend(self._reload(plugin, changed_names, started, error, rebuilt=name in sources))
+            try:
+                events.extend(self._reload(plugin, changed_names, started, error, rebuilt=name in sources))
+            except Exception as exc:
+                # Whatever a module does, the watcher must live on to pick up the next edit.
+                version = self.host.plugins[name].version if name in self.host.plugins else ""
+                ms = (time.perf_counter() - started) * 1000
+                events.append(ReloadEvent(name, version, changed_names, ms, error=f"{type(exc).__name__}: {exc}"))
         for event in events:
             self.on_event(event)
         return events
@@ -153,7 +159,7 @@ class DevLoop:
     ) -> list[ReloadEvent]:
         try:
             loaded = self.host.plugin(plugin.name)
-        except KeyError:
+        except UnknownPlugin:
             return []
         if error is None:
             try:
@@ -218,7 +224,7 @@ def serve_calls(host: Host, listen: str) -> http.server.ThreadingHTTPServer:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             try:
                 plugin = host.plugin(parts[1])
-            except KeyError:
+            except UnknownPlugin:
                 self._reply(404, f"no plugin {parts[1]!r}\n".encode())
                 return
             try:

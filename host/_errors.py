@@ -6,6 +6,7 @@ Errors a plugin *sees* are kv status codes returned by its imports; errors the
     HostError
     ├── LoadError                the module cannot be loaded as a plugin
     ├── ConfigError              a wasmkv.toml is invalid (file, key and reason)
+    ├── UnknownPlugin            no plugin of that name is loaded
     └── PluginError              a call failed; carries plugin, export and output
         ├── UnknownExport        no entry point of that name
         ├── PluginStatusError    the entry point returned a non-zero status
@@ -26,6 +27,7 @@ __all__ = [
     "PluginTimeout",
     "PluginTrap",
     "UnknownExport",
+    "UnknownPlugin",
 ]
 
 
@@ -39,6 +41,10 @@ class LoadError(HostError):
 
 class ConfigError(HostError):
     """A configuration file is invalid; the message names the file, the key and the reason."""
+
+
+class UnknownPlugin(HostError, LookupError):
+    """No plugin of that name is loaded in this host."""
 
 
 class PluginError(HostError):

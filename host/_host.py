@@ -11,11 +11,10 @@ from typing import Final
 import wasmtime
 
 import kv
-from kv._rules import check_name
 
 from ._cache import ModuleCache
 from ._config import Config, load_config
-from ._errors import HostError, LoadError
+from ._errors import HostError, LoadError, UnknownPlugin
 from ._limits import Limits
 from ._plugin import Plugin, Version, check_module
 
@@ -72,6 +71,7 @@ class Host:
         self._engines: dict[bool, wasmtime.Engine] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._stop_ticker = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="wasmkv-epoch", daemon=True)
         self._ticker.start()
 
@@ -126,7 +126,7 @@ class Host:
             return engine
 
     def _tick(self) -> None:
-        while not self._closed.wait(EPOCH_TICK_MS / 1000):
+        while not self._stop_ticker.wait(EPOCH_TICK_MS / 1000):
             for engine in list(self._engines.values()):
                 engine.increment_epoch()
 
@@ -189,11 +189,11 @@ class Host:
         """
         if self._closed.is_set():
             raise HostError("the host is closed")
-        check_name("plugin", name)
+        kv.check_name("plugin", name)
         limits = limits or Limits()
         if isinstance(tenant, str):
             tenant = self.store.tenant(tenant)
-        granted = frozenset(check_name("bucket", bucket) for bucket in buckets)
+        granted = frozenset(kv.check_name("bucket", bucket) for bucket in buckets)
         version = self.compile(source, name=name, limits=limits)
         plugin = Plugin(self, name, version=version, tenant=tenant, buckets=granted, limits=limits)
         with self._lock:
@@ -207,9 +207,12 @@ class Host:
         """The loaded plugin called `name`.
 
         Raises:
-            KeyError: if none is loaded under that name.
+            UnknownPlugin: if none is loaded under that name.
         """
-        return self._plugins[name]
+        try:
+            return self._plugins[name]
+        except KeyError:
+            raise UnknownPlugin(f"no plugin {name!r} is loaded (loaded: {', '.join(sorted(self._plugins))})") from None
 
     @property
     def plugins(self) -> dict[str, Plugin]:
@@ -220,10 +223,10 @@ class Host:
         """Swap plugin `name` to the module in `source`; see `Plugin.reload`.
 
         Raises:
-            KeyError: if no plugin of that name is loaded.
+            UnknownPlugin: if no plugin of that name is loaded.
             LoadError: if the new module does not load; the old one keeps serving.
         """
-        plugin = self._plugins[name]
+        plugin = self.plugin(name)
         plugin.reload(source)
         return plugin
 
@@ -239,11 +242,13 @@ class Host:
         if self._closed.is_set():
             return
         self._closed.set()
-        self._ticker.join()
         with self._lock:
             plugins, self._plugins = list(self._plugins.values()), {}
+        # Close plugins while the ticker still runs: a call in progress ends by its deadline at the latest.
         for plugin in plugins:
             plugin.close()
+        self._stop_ticker.set()
+        self._ticker.join()
         if self._owns_store:
             self.store.close()
 

@@ -14,7 +14,6 @@ import wasmtime
 
 import kv
 from abi import ENTRY_SIGNATURE, HOST_IMPORTS, HOST_MODULE, KV_IMPORTS, KV_MODULE, MEMORY_EXPORT, Status
-from kv._rules import check_name
 
 from ._errors import (
     LoadError,
@@ -37,14 +36,35 @@ _LOG_LEVELS: Final = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: 
 
 
 class _AbiStatus(Exception):
-    """Raised inside an import body to return an ABI status (bad pointer, bad handle)."""
+    """Raised inside an import body to return an ABI status (bad pointer, bad handle).
+
+    Raised fresh each time: re-raising one shared instance would chain every
+    traceback onto it, and a plugin looping on bad pointers would grow host memory.
+    """
 
     def __init__(self, status: Status) -> None:
         self.status = int(status)
 
 
-_BAD_POINTER: Final = _AbiStatus(Status.BAD_POINTER)
-_BAD_HANDLE: Final = _AbiStatus(Status.BAD_HANDLE)
+def _bad_pointer() -> _AbiStatus:
+    return _AbiStatus(Status.BAD_POINTER)
+
+
+def _bad_handle() -> _AbiStatus:
+    return _AbiStatus(Status.BAD_HANDLE)
+
+
+class _NoMemory:
+    """Stands in for the guest memory until instantiation has bound it (a start function runs before)."""
+
+    view = memoryview(b"")
+
+    def fits(self, pointer: int, length: int) -> bool:
+        raise _StartFunctionCall()
+
+
+class _StartFunctionCall(Exception):
+    """A start function called an import: the instance has no memory bound yet."""
 
 
 def _i64(slots: Slots, slot: int) -> int:
@@ -121,13 +141,19 @@ class _Instance:
             (HOST_MODULE, "output"): self._output,
             (HOST_MODULE, "log"): self._log,
         }
-        for imp in version.module.imports:
-            module, name = imp.module, imp.name or ""
-            signature = (KV_IMPORTS if module == KV_MODULE else HOST_IMPORTS)[name]
-            body = bodies[module, name]
-            self._callbacks.append(
-                define_unchecked(self.linker, module, name, signature, body, self._on_error(f"{module}.{name}"))
-            )
+        self.memory: GuestMemory | _NoMemory = _NoMemory()
+        # A module may import one function twice; the linker takes each name once.
+        wanted = dict.fromkeys((imp.module, imp.name or "") for imp in version.module.imports)
+        try:
+            for module, name in wanted:
+                signature = (KV_IMPORTS if module == KV_MODULE else HOST_IMPORTS)[name]
+                body = bodies[module, name]
+                self._callbacks.append(
+                    define_unchecked(self.linker, module, name, signature, body, self._on_error(f"{module}.{name}"))
+                )
+        except wasmtime.WasmtimeError as exc:
+            self.close()
+            raise LoadError(f"plugin {plugin.name!r} cannot link its imports: {exc}") from exc
         plugin.host._arm(self.store, plugin.limits)
         try:
             instance = self.linker.instantiate(self.store, version.module)
@@ -147,7 +173,7 @@ class _Instance:
 
     def close(self) -> None:
         """Release the wasmtime store; the instance must not run again."""
-        if hasattr(self, "memory"):
+        if isinstance(self.memory, GuestMemory):
             self.memory.release()
         self.store.close()
         self.linker.close()
@@ -160,6 +186,8 @@ class _Instance:
                 return -exc.code
             if isinstance(exc, _AbiStatus):
                 return exc.status
+            if isinstance(exc, _StartFunctionCall):
+                return f"{where} was called from the module's start function; imports are unavailable there".encode()
             # Anything else is a host bug: trap this call, keep it for the caller, never crash.
             self.host_error = exc
             logging.getLogger("wasmkv.host").error("host error in %s", where, exc_info=exc)
@@ -172,13 +200,13 @@ class _Instance:
     def _read(self, pointer: int, length: int) -> bytes:
         memory = self.memory
         if not memory.fits(pointer, length):
-            raise _BAD_POINTER
+            raise _bad_pointer()
         return memory.view[pointer : pointer + length].tobytes()
 
     def _reply(self, data: bytes, pointer: int, capacity: int) -> int:
         """The buffer rule: write `data` only if it fits; return its length."""
         if not self.memory.fits(pointer, capacity):
-            raise _BAD_POINTER
+            raise _bad_pointer()
         length = len(data)
         if length > _I32_MAX:
             raise kv.ValueTooLarge(f"reply of {length} bytes does not fit an i32 length")
@@ -188,7 +216,7 @@ class _Instance:
 
     def _bucket(self, handle: int) -> kv.Bucket:
         if handle < 0 or handle >= len(self.handles):
-            raise _BAD_HANDLE
+            raise _bad_handle()
         return self.handles[handle]
 
     # -- kv imports -----------------------------------------------------------------------------
@@ -199,7 +227,7 @@ class _Instance:
         if handle is not None:
             return handle
         try:
-            name = check_name("bucket", raw.decode("ascii"))
+            name = kv.check_name("bucket", raw.decode("ascii"))
         except UnicodeDecodeError:
             raise kv.InvalidArgument(f"bucket name is not ASCII: {raw!r}") from None
         if name not in self.plugin.buckets:
@@ -213,7 +241,7 @@ class _Instance:
         handle, key_pointer, key_length, out_pointer, capacity = s[0], s[4], s[8], s[12], s[16]
         handles = self.handles
         if handle < 0 or handle >= len(handles):
-            raise _BAD_HANDLE
+            return Status.BAD_HANDLE
         memory = self.memory
         view = memory.view
         size = len(view)
@@ -226,7 +254,7 @@ class _Instance:
             or (capacity and out_pointer + capacity > size)
         ):
             if not (memory.fits(key_pointer, key_length) and memory.fits(out_pointer, capacity)):
-                raise _BAD_POINTER
+                return Status.BAD_POINTER
             view = memory.view
         value = handles[handle].get(view[key_pointer : key_pointer + key_length].tobytes())
         if value is None:
@@ -258,7 +286,7 @@ class _Instance:
         out_pointer = s[16]
         # Check the result slot first, so a bad pointer changes nothing.
         if not self.memory.fits(out_pointer, 8):
-            raise _BAD_POINTER
+            raise _bad_pointer()
         total = bucket.increment(key, _i64(s, 3))
         self.memory.view[out_pointer : out_pointer + 8] = total.to_bytes(8, "little", signed=True)
         return 0
@@ -275,7 +303,7 @@ class _Instance:
         cursor_raw = self._read(s[12], s[16])
         out_pointer, capacity = s[24], s[28]
         if not self.memory.fits(out_pointer, capacity):
-            raise _BAD_POINTER
+            raise _bad_pointer()
         try:
             cursor = cursor_raw.decode("ascii") if cursor_raw else None
         except UnicodeDecodeError:
@@ -302,7 +330,7 @@ class _Instance:
         bucket = self._bucket(s[0])
         out_pointer, capacity = s[12], s[16]
         if not self.memory.fits(out_pointer, capacity):
-            raise _BAD_POINTER
+            raise _bad_pointer()
         values = bucket.get_many(self._key_list(self._unpack(s, raw=True)))
         return self._reply(msgpack.packb(values, use_bin_type=True), out_pointer, capacity)
 

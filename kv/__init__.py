@@ -27,11 +27,13 @@ from ._rules import (
     DEFAULT_MAX_KEY_BYTES,
     DEFAULT_MAX_KEYS,
     DEFAULT_MAX_VALUE_BYTES,
+    MAX_NAME_CHARS,
     MAX_TTL_MS,
     KeyPage,
     Namespace,
     Quota,
     Usage,
+    check_name,
 )
 from ._store import DEFAULT_SWEEP_INTERVAL_S, Bucket, KvStore, Tenant
 
@@ -45,6 +47,7 @@ __all__ = [
     "DEFAULT_SWEEP_INTERVAL_S",
     "DUMP_FORMAT",
     "DUMP_VERSION",
+    "MAX_NAME_CHARS",
     "MAX_TTL_MS",
     "AccessDenied",
     "AsyncStore",
@@ -68,6 +71,7 @@ __all__ = [
     "Tenant",
     "Usage",
     "ValueTooLarge",
+    "check_name",
     "export_tenant",
     "import_dump",
 ]

@@ -38,7 +38,7 @@ from typing import Final, TypeVar
 import lmdb
 import msgpack
 
-from ._errors import BackendUnavailable, QuotaExceeded, ValueTooLarge
+from ._errors import BackendUnavailable, InvalidArgument, QuotaExceeded, ValueTooLarge
 from ._rules import (
     Clock,
     Namespace,
@@ -68,7 +68,7 @@ _MAX_LMDB_KEY: Final = 511
 T = TypeVar("T")
 
 # LMDB forbids opening one environment twice in a process, so every LmdbStore
-# on the same directory shares one entry here: (env, write lock, open count).
+# on the same directory shares one entry here: (env, write lock, open count, (fsync, map_size)).
 _registry_lock = threading.Lock()
 _registry: dict[str, list[object]] = {}
 
@@ -266,8 +266,15 @@ class LmdbStore:
                 if env.max_key_size() != _MAX_LMDB_KEY:
                     env.close()
                     raise BackendUnavailable(f"this LMDB build allows {env.max_key_size()}-byte keys; wasmkv needs 511")
-                entry = [env, threading.Lock(), 0]
+                entry = [env, threading.Lock(), 0, (fsync, map_size)]
                 _registry[self.path] = entry
+            elif entry[3] != (fsync, map_size):
+                # One environment serves the whole process, so a second open cannot change its settings.
+                opened_fsync, opened_map_size = entry[3]  # type: ignore[misc]
+                raise InvalidArgument(
+                    f"the store at {self.path} is already open in this process with fsync={opened_fsync}, "
+                    f"map_size={opened_map_size}; open it again with the same settings"
+                )
             entry[2] = int(entry[2]) + 1  # type: ignore[call-overload]
         self._env: lmdb.Environment = entry[0]  # type: ignore[assignment]
         self._write_lock: threading.Lock = entry[1]  # type: ignore[assignment]

@@ -335,7 +335,10 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def acquire(self, count: int = 1) -> None:
-        """Take `count` tokens.
+        """Take `count` tokens, or the whole burst if `count` is larger.
+
+        A batch larger than one second's budget costs a full bucket rather than
+        failing forever: it waits for the bucket to refill, then spends all of it.
 
         Raises:
             RateLimited: if the bucket holds fewer; then none are taken.
@@ -343,8 +346,9 @@ class RateLimiter:
         with self._lock:
             now = self._clock()
             burst = max(self._rate, 1.0)
+            cost = min(float(count), burst)
             self._tokens = min(burst, self._tokens + (now - self._stamp) * self._rate)
             self._stamp = now
-            if self._tokens < count:
+            if self._tokens < cost:
                 raise RateLimited(f"rate limited: ops_per_second is {self._rate:g}")
-            self._tokens -= count
+            self._tokens -= cost

@@ -231,3 +231,19 @@ def test_an_entry_for_another_engine_configuration_is_rejected_and_recompiled(tm
     with kv.KvStore.memory() as store, host.Host(store, cache_dir=tmp_path) as wasm_host:
         assert wasm_host.load(wasm, name="p", tenant="acme").call("call")[:3] == b"v03"
         assert wasm_host.cache is not None and wasm_host.cache.misses == 1
+
+
+def test_the_watcher_survives_an_unexpected_error_during_a_reload(
+    project: Path, loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(self: host.Plugin, source: object) -> None:
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(host.Plugin, "reload", explode)
+    replace(project / "mod" / "p.wat", versioned(1))
+    event = loop.next_event()
+    assert event.error == "RuntimeError: unexpected"
+    monkeypatch.undo()
+    replace(project / "mod" / "p.wat", versioned(2))
+    assert loop.next_event().ok
+    assert loop.host.plugin("p").call("call")[:3] == b"v02"

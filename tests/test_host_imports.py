@@ -315,3 +315,10 @@ def test_host_input_output_and_log(raw: Raw, caplog: pytest.LogCaptureFixture) -
     with caplog.at_level("DEBUG", logger="wasmkv.plugin.fwd"):
         raw.call("fwd_host_log", 2, *put(raw, VAL, b"careful \xff"))
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("WARNING", "careful \ufffd")]
+
+
+def test_output_past_the_memory_limit_is_invalid_argument(raw: Raw) -> None:
+    instance = raw.plugin._version.instance
+    assert instance is not None
+    instance.output = bytearray(raw.plugin.limits.memory_bytes)
+    assert raw.call("fwd_host_output", *put(raw, VAL, b"x")) == Status.INVALID_ARGUMENT

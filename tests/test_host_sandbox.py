@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,87 @@ def test_a_closed_plugin_refuses_calls(wasm_host: host.Host) -> None:
     wasm_host.unload("c")
     with pytest.raises(host.UnknownExport, match="closed"):
         plugin.call("hit")
+
+
+def test_closing_the_host_during_a_runaway_call_ends_it_by_its_deadline(kvstore: kv.KvStore) -> None:
+    wasm_host = host.Host(kvstore)
+    plugin = wasm_host.load(COUNTER, name="c", tenant="acme", limits=host.Limits(deadline_ms=300))
+    outcome: list[BaseException] = []
+
+    def spin() -> None:
+        try:
+            plugin.call("spin")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=spin)
+    thread.start()
+    while not plugin._version.lock.locked():  # the event: the call is running
+        time.sleep(0.001)
+    started = time.perf_counter()
+    wasm_host.close()
+    assert time.perf_counter() - started < 1.0
+    thread.join()
+    assert isinstance(outcome[0], host.PluginTimeout)
+
+
+def test_a_plugin_looping_on_bad_arguments_does_not_grow_host_memory(wasm_host: host.Host) -> None:
+    bad_calls = """
+    (module
+      (import "kv" "exists" (func $exists (param i32 i32 i32) (result i32)))
+      (import "kv" "get" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "bad") (result i32) (local $n i32)
+        (local.set $n (i32.const 20000))
+        (loop $l
+          (drop (call $exists (i32.const 5) (i32.const 0) (i32.const 1)))
+          (drop (call $get (i32.const -1) (i32.const 0) (i32.const 1) (i32.const 0) (i32.const 0)))
+          (br_if $l (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))
+        (i32.const 0)))
+    """
+    plugin = wasm_host.load(bad_calls, name="bad", tenant="acme")
+    plugin.call("bad")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(3):
+            plugin.call("bad")
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 256 * 1024
+
+
+def test_a_module_importing_one_function_twice_loads(wasm_host: host.Host) -> None:
+    twice = """
+    (module
+      (import "kv" "open" (func $a (param i32 i32) (result i32)))
+      (import "kv" "open" (func $b (param i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 0) "default")
+      (func (export "both") (result i32)
+        (i32.add (call $a (i32.const 0) (i32.const 7)) (call $b (i32.const 0) (i32.const 7)))))
+    """
+    assert wasm_host.load(twice, name="twice", tenant="acme").call("both") == b""
+
+
+def test_a_start_function_calling_an_import_fails_to_load_clearly(
+    wasm_host: host.Host, caplog: pytest.LogCaptureFixture
+) -> None:
+    starter = """
+    (module
+      (import "kv" "open" (func $open (param i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func $start (drop (call $open (i32.const 0) (i32.const 7))))
+      (start $start)
+      (func (export "x") (result i32) (i32.const 0)))
+    """
+    with caplog.at_level("ERROR", logger="wasmkv.host"), pytest.raises(host.LoadError, match="start function"):
+        wasm_host.load(starter, name="starter", tenant="acme")
+    assert "host error" not in caplog.text  # a plugin mistake, not a host bug
+
+
+def test_unknown_plugins_raise_a_host_error(wasm_host: host.Host) -> None:
+    with pytest.raises(host.UnknownPlugin, match="no plugin 'ghost' is loaded"):
+        wasm_host.plugin("ghost")
+    assert issubclass(host.UnknownPlugin, host.HostError)

@@ -178,3 +178,11 @@ def test_error_codes_are_the_abi_codes() -> None:
     for error, code in codes.items():
         assert error.code == code
         assert issubclass(error, kv.KvError)
+
+
+def test_a_batch_larger_than_the_rate_spends_a_full_second_of_budget(store: kv.KvStore) -> None:
+    store.tenant("warm").bucket().get("k")  # connect first: a slow first call must not refill the bucket
+    bucket = store.tenant("slow", kv.Quota(ops_per_second=2)).bucket()
+    assert bucket.get_many([f"k{i}" for i in range(100)]) == [None] * 100
+    with pytest.raises(kv.RateLimited):
+        bucket.get("k0")

@@ -10,6 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 import kv
 
 WRITER = textwrap.dedent(
@@ -184,3 +186,10 @@ def test_the_background_sweeper_reclaims_expired_keys_nobody_reads(tmp_path: Pat
         while stored() > 50 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert stored() == 50
+
+
+def test_opening_an_open_store_with_other_settings_is_refused(tmp_path: Path) -> None:
+    with kv.KvStore.open(tmp_path / "s") as first:
+        with pytest.raises(kv.InvalidArgument, match="already open in this process with fsync=False"):
+            kv.KvStore.open(tmp_path / "s", fsync=True)
+        first.tenant("acme").bucket().set("k", b"v")

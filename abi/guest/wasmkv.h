@@ -214,7 +214,8 @@ static inline int32_t wasmkv_input(void *buf, size_t cap, const uint8_t **data) 
     return wasmkv__fetch(wasmkv__input_fill, NULL, buf, cap, data);
 }
 
-/* Appends to the call's output: 0, or WASMKV_BAD_POINTER. */
+/* Appends to the call's output: 0, WASMKV_BAD_POINTER, or WASMKV_INVALID_ARGUMENT once one
+   call's output would pass the plugin's memory_bytes limit. */
 static inline int32_t wasmkv_output(const void *data, size_t len) {
     return wasmkv_raw_output(data, (int32_t)len);
 }
