@@ -46,11 +46,11 @@ export fn get() i32 {
 fn setScore(allocator: std.mem.Allocator, store: kv.Store, in: []const u8) Failure!void {
     const name, const points_text = std.mem.cutScalar(u8, in, ' ') orelse return error.MalformedInput;
     if (!validName(name)) return error.MalformedInput;
-    const points = decimal(points_text, max_points) orelse return error.MalformedInput;
+    const points = kv.parseDecimal(points_text, max_points) orelse return error.MalformedInput;
 
     const player_key = try std.mem.concat(allocator, u8, &.{ "player:", name });
     const old: ?u64 = if (store.get(allocator, player_key)) |text|
-        decimal(text, max_points) orelse return error.CorruptState
+        kv.parseDecimal(text, max_points) orelse return error.CorruptState
     else |err| switch (err) {
         error.NotFound => null,
         else => |e| return e,
@@ -60,7 +60,7 @@ fn setScore(allocator: std.mem.Allocator, store: kv.Store, in: []const u8) Failu
     // a failure (say, quota) leaves the previous score fully in place.
     var digits: [12]u8 = undefined;
     try store.setMany(allocator, &.{
-        .{ .key = player_key, .value = print(&digits, "{d}", .{points}) },
+        .{ .key = player_key, .value = kv.fmt(&digits, "{d}", .{points}) },
         .{ .key = try rankKey(allocator, points, name), .value = "" },
     });
     if (old) |o| if (o != points) {
@@ -70,7 +70,7 @@ fn setScore(allocator: std.mem.Allocator, store: kv.Store, in: []const u8) Failu
 
 /// Input "<n>", 1..1000: the best n players, one "<name> <score>\n" line each.
 fn listTop(allocator: std.mem.Allocator, store: kv.Store, in: []const u8) Failure!void {
-    var left = decimal(in, 1000) orelse return error.MalformedInput;
+    var left = kv.parseDecimal(in, 1000) orelse return error.MalformedInput;
     if (left == 0) return error.MalformedInput;
     var pages = store.listKeys(allocator, "rank:", page_limit);
     defer pages.deinit();
@@ -79,7 +79,7 @@ fn listTop(allocator: std.mem.Allocator, store: kv.Store, in: []const u8) Failur
             // Another plugin may own keys under "rank:" too; skip what is not ours.
             const rank = parseRankKey(key) orelse continue;
             var line: [80]u8 = undefined;
-            kv.output(print(&line, "{s} {d}\n", .{ rank.name, rank.points }));
+            kv.output(kv.fmt(&line, "{s} {d}\n", .{ rank.name, rank.points }));
             left -= 1;
             if (left == 0) return;
         }
@@ -107,7 +107,7 @@ fn validName(name: []const u8) bool {
 /// "rank:<999999999999 - points, 12 digits>:<name>": ascending keys are descending points.
 fn rankKey(allocator: std.mem.Allocator, points: u64, name: []const u8) std.mem.Allocator.Error![]u8 {
     var digits: [12]u8 = undefined;
-    return std.mem.concat(allocator, u8, &.{ "rank:", print(&digits, "{d:0>12}", .{max_points - points}), ":", name });
+    return std.mem.concat(allocator, u8, &.{ "rank:", kv.fmt(&digits, "{d:0>12}", .{max_points - points}), ":", name });
 }
 
 const Rank = struct { points: u64, name: []const u8 };
@@ -115,23 +115,6 @@ const Rank = struct { points: u64, name: []const u8 };
 fn parseRankKey(key: []const u8) ?Rank {
     const rest = std.mem.cutPrefix(u8, key, "rank:") orelse return null;
     if (rest.len < 14 or rest[12] != ':' or !validName(rest[13..])) return null;
-    const inverted = decimal(rest[0..12], max_points) orelse return null;
+    const inverted = kv.parseDecimal(rest[0..12], max_points) orelse return null;
     return .{ .points = max_points - inverted, .name = rest[13..] };
-}
-
-fn print(buf: []u8, comptime fmt: []const u8, args: anytype) []const u8 {
-    // The buffers are sized for the largest values.
-    return std.fmt.bufPrint(buf, fmt, args) catch unreachable;
-}
-
-/// A non-empty string of ASCII digits with a value <= max (no sign, no '_').
-fn decimal(text: []const u8, max: u64) ?u64 {
-    if (text.len == 0) return null;
-    var n: u64 = 0;
-    for (text) |c| {
-        if (c < '0' or c > '9') return null;
-        n = std.math.mul(u64, n, 10) catch return null;
-        n = std.math.add(u64, n, c - '0') catch return null;
-    }
-    return if (n <= max) n else null;
 }

@@ -33,8 +33,8 @@ const Bucket = struct {
     fn parse(text: []const u8) ?Bucket {
         const tokens, const last = std.mem.cutScalar(u8, text, ' ') orelse return null;
         return .{
-            .tokens = decimal(tokens, capacity) orelse return null,
-            .last_ms = decimal(last, std.math.maxInt(i64)) orelse return null,
+            .tokens = kv.parseDecimal(tokens, capacity) orelse return null,
+            .last_ms = kv.parseDecimal(last, std.math.maxInt(i64)) orelse return null,
         };
     }
 
@@ -56,7 +56,7 @@ fn run(allocator: std.mem.Allocator) Failure!void {
     const in = try kv.input(allocator);
     const client, const now_text = std.mem.cutScalar(u8, in, ' ') orelse return error.MalformedInput;
     if (client.len == 0) return error.MalformedInput;
-    const now = decimal(now_text, std.math.maxInt(i64)) orelse return error.MalformedInput;
+    const now = kv.parseDecimal(now_text, std.math.maxInt(i64)) orelse return error.MalformedInput;
 
     const store = try kv.open("default");
     const bucket_key = try std.mem.concat(allocator, u8, &.{ "tb:", client });
@@ -69,7 +69,7 @@ fn run(allocator: std.mem.Allocator) Failure!void {
             error.NotFound => break :cooldown, // expired since exists
             else => |e| return e,
         };
-        const next_ms = if (len <= text.len) decimal(text[0..len], std.math.maxInt(u64)) else null;
+        const next_ms = if (len <= text.len) kv.parseDecimal(text[0..len], std.math.maxInt(u64)) else null;
         return deny(next_ms orelse return error.CorruptState, now);
     }
 
@@ -92,16 +92,16 @@ fn run(allocator: std.mem.Allocator) Failure!void {
             const next_ms = bucket.last_ms + refill_ms;
             var buf: [20]u8 = undefined;
             const ttl = @min(next_ms - now, std.math.maxInt(i64));
-            try store.setWithTtl(cooldown_key, print(&buf, "{d}", .{next_ms}), @intCast(ttl));
+            try store.setWithTtl(cooldown_key, kv.fmt(&buf, "{d}", .{next_ms}), @intCast(ttl));
             return deny(next_ms, now);
         }
 
         bucket.tokens -= 1;
         var new: [48]u8 = undefined;
         // Swaps only if nobody spent or refilled since our read; else retry.
-        if (try store.compareAndSwap(bucket_key, old, print(&new, "{d} {d}", .{ bucket.tokens, bucket.last_ms }))) {
+        if (try store.compareAndSwap(bucket_key, old, kv.fmt(&new, "{d} {d}", .{ bucket.tokens, bucket.last_ms }))) {
             var out: [32]u8 = undefined;
-            kv.output(print(&out, "allow {d}", .{bucket.tokens}));
+            kv.output(kv.fmt(&out, "allow {d}", .{bucket.tokens}));
             return;
         }
     }
@@ -109,22 +109,5 @@ fn run(allocator: std.mem.Allocator) Failure!void {
 
 fn deny(next_ms: u64, now: u64) void {
     var out: [32]u8 = undefined;
-    kv.output(print(&out, "deny {d}", .{next_ms -| now}));
-}
-
-fn print(buf: []u8, comptime fmt: []const u8, args: anytype) []const u8 {
-    // The buffers are sized for the largest values.
-    return std.fmt.bufPrint(buf, fmt, args) catch unreachable;
-}
-
-/// A non-empty string of ASCII digits with a value <= max (no sign, no '_').
-fn decimal(text: []const u8, max: u64) ?u64 {
-    if (text.len == 0) return null;
-    var n: u64 = 0;
-    for (text) |c| {
-        if (c < '0' or c > '9') return null;
-        n = std.math.mul(u64, n, 10) catch return null;
-        n = std.math.add(u64, n, c - '0') catch return null;
-    }
-    return if (n <= max) n else null;
+    kv.output(kv.fmt(&out, "deny {d}", .{next_ms -| now}));
 }

@@ -496,3 +496,21 @@ const Reader = struct {
         return true;
     }
 };
+
+
+/// Formats into `buf`, which the caller sizes for the largest value it formats.
+pub fn fmt(buf: []u8, comptime format: []const u8, args: anytype) []const u8 {
+    return std.fmt.bufPrint(buf, format, args) catch unreachable;
+}
+
+/// A non-empty string of ASCII digits with a value <= max (no sign, no '_'), or null.
+pub fn parseDecimal(text: []const u8, max: u64) ?u64 {
+    if (text.len == 0) return null;
+    var n: u64 = 0;
+    for (text) |c| {
+        if (c < '0' or c > '9') return null;
+        n = std.math.mul(u64, n, 10) catch return null;
+        n = std.math.add(u64, n, c - '0') catch return null;
+    }
+    return if (n <= max) n else null;
+}
