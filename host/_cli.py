@@ -79,15 +79,7 @@ def _open_store(args: argparse.Namespace) -> kv.KvStore:
     """The store `--state` or `--config` names, with the config's tenant quotas registered."""
     if args.config is None:
         return kv.KvStore.open(args.state or DEFAULT_STATE_DIR, sweep_interval_s=None)
-    config = load_config(args.config)
-    if config.store.url is not None:
-        store = kv.KvStore.from_url(config.store.url, **config.store.options)
-    else:
-        assert config.store.path is not None
-        store = kv.KvStore.open(config.store.path, **config.store.options)
-    for name, quota in config.tenants.items():
-        store.tenant(name, quota)
-    return store
+    return load_config(args.config).open_store()
 
 
 def _export(args: argparse.Namespace) -> int:

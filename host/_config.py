@@ -95,6 +95,22 @@ class Config:
         """The directory relative paths are resolved against."""
         return self.path.parent
 
+    def open_store(self) -> kv.KvStore:
+        """Open the configured store, with every declared tenant's quota registered.
+
+        Raises:
+            kv.BackendUnavailable: if the store cannot be opened.
+            kv.InvalidArgument: if a store option is refused.
+        """
+        if self.store.url is not None:
+            store = kv.KvStore.from_url(self.store.url, **self.store.options)
+        else:
+            assert self.store.path is not None
+            store = kv.KvStore.open(self.store.path, **self.store.options)
+        for name, quota in self.tenants.items():
+            store.tenant(name, quota)
+        return store
+
 
 class _Reader:
     """Typed access to one TOML table, recording where each value came from for errors."""
@@ -192,7 +208,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     root = file.resolve().parent
     top = _Reader(file, "", raw)
 
-    store = _store(top.sub("store"), file, root)
+    store = _store(top.sub("store"), root)
 
     cache_dir: Path | None = root / ".wasmkv" / "cache"
     cache = top.sub("cache")
@@ -211,31 +227,17 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         dev.done("listen, debounce_ms")
 
     tenants: dict[str, kv.Quota] = {}
-    tenant_tables = top.sub("tenants")
-    if tenant_tables is not None:
-        for name in tenant_tables.table:
-            if (problem := _name(name)) is not None:
-                raise top.error(f"tenants.{name}", f"tenant name {problem}")
-            table = tenant_tables.sub(name)
-            assert table is not None
-            fields = {
-                field: value
-                for field in ("max_keys", "max_bytes", "max_value_bytes", "max_key_bytes")
-                if (value := table.get(field, int, None, _positive)) is not None
-            }
-            ops = table.get("ops_per_second", float, None, _positive)
-            table.done("max_keys, max_bytes, max_value_bytes, max_key_bytes, ops_per_second")
-            tenants[name] = kv.Quota(**fields, ops_per_second=ops)
+    for name, table in _named_tables(top, "tenants", "tenant"):
+        fields = {
+            field: value
+            for field in ("max_keys", "max_bytes", "max_value_bytes", "max_key_bytes")
+            if (value := table.get(field, int, None, _positive)) is not None
+        }
+        ops = table.get("ops_per_second", float, None, _positive)
+        table.done("max_keys, max_bytes, max_value_bytes, max_key_bytes, ops_per_second")
+        tenants[name] = kv.Quota(**fields, ops_per_second=ops)
 
-    plugins: dict[str, PluginConfig] = {}
-    plugin_tables = top.sub("plugins")
-    if plugin_tables is not None:
-        for name in plugin_tables.table:
-            if (problem := _name(name)) is not None:
-                raise top.error(f"plugins.{name}", f"plugin name {problem}")
-            table = plugin_tables.sub(name)
-            assert table is not None
-            plugins[name] = _plugin(table, name, root, tenants)
+    plugins = {name: _plugin(table, name, root, tenants) for name, table in _named_tables(top, "plugins", "plugin")}
     top.done("store, cache, dev, tenants, plugins")
     return Config(
         path=file.resolve(),
@@ -248,6 +250,21 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     )
 
 
+def _named_tables(top: _Reader, section: str, kind: str) -> list[tuple[str, _Reader]]:
+    """The `[section.NAME]` tables, each NAME checked as a tenant/plugin name."""
+    tables = top.sub(section)
+    if tables is None:
+        return []
+    found = []
+    for name in tables.table:
+        if (problem := _name(name)) is not None:
+            raise top.error(f"{section}.{name}", f"{kind} name {problem}")
+        table = tables.sub(name)
+        assert table is not None
+        found.append((name, table))
+    return found
+
+
 def _listen(value: str) -> str | None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -255,7 +272,7 @@ def _listen(value: str) -> str | None:
     return None
 
 
-def _store(table: _Reader | None, file: Path, root: Path) -> StoreConfig:
+def _store(table: _Reader | None, root: Path) -> StoreConfig:
     if table is None:
         return StoreConfig(path=root / ".wasmkv" / "state", url=None, options={})
     path = table.get("path", str)

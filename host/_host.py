@@ -91,15 +91,8 @@ class Host:
     @classmethod
     def from_loaded_config(cls, config: Config) -> Host:
         """As `from_config`, for a config already read with `load_config`."""
-        if config.store.url is not None:
-            store = kv.KvStore.from_url(config.store.url, **config.store.options)
-        else:
-            assert config.store.path is not None
-            store = kv.KvStore.open(config.store.path, **config.store.options)
-        host = cls(store, cache_dir=config.cache_dir, owns_store=True)
+        host = cls(config.open_store(), cache_dir=config.cache_dir, owns_store=True)
         try:
-            for name, quota in config.tenants.items():
-                store.tenant(name, quota)
             for plugin in config.plugins.values():
                 host.load(
                     plugin.file, name=plugin.name, tenant=plugin.tenant, buckets=plugin.buckets, limits=plugin.limits

@@ -27,6 +27,7 @@ which makes the check exact without a sweep on every write.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -60,17 +61,28 @@ __all__ = [
 DEFAULT_MAP_SIZE_BYTES: Final = 64 * 1024**3
 _SWEEP_BATCH: Final = 1000
 _NO_TTL: Final = 0
-_HAS_TTL: Final = 1
 _BOX: Final = 2
 #: LMDB's compiled-in key limit (`mdb_env_get_maxkeysize`); checked when a store opens.
 _MAX_LMDB_KEY: Final = 511
 
 T = TypeVar("T")
 
+
+@dataclasses.dataclass(slots=True)
+class _Shared:
+    """One LMDB environment and what every LmdbStore open on its directory shares."""
+
+    env: lmdb.Environment
+    fsync: bool
+    map_size: int
+    write_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    opened: int = 0
+
+
 # LMDB forbids opening one environment twice in a process, so every LmdbStore
-# on the same directory shares one entry here: (env, write lock, open count, (fsync, map_size)).
+# on the same directory shares one entry here.
 _registry_lock = threading.Lock()
-_registry: dict[str, list[object]] = {}
+_registry: dict[str, _Shared] = {}
 
 
 def _record(value: bytes, expires_ms: int | None) -> bytes:
@@ -87,6 +99,19 @@ def _expiry_of(record: bytes | memoryview) -> int | None:
 
 def _value_of(record: bytes | memoryview) -> bytes:
     return bytes(record[1:] if record[0] == _NO_TTL else record[9:])
+
+
+def _is_live(record: bytes | memoryview | None, now: int) -> bool:
+    """Whether a stored record exists and has not expired."""
+    if record is None:
+        return False
+    expires = _expiry_of(record)
+    return expires is None or expires > now
+
+
+def _live_value(record: bytes | memoryview | None, now: int) -> bytes | None:
+    """The record's value if it is live, else None."""
+    return _value_of(record) if record is not None and _is_live(record, now) else None
 
 
 def _expiry_key(tenant_prefix: bytes, expires_ms: int, ns: Namespace, key: bytes) -> bytes:
@@ -266,18 +291,16 @@ class LmdbStore:
                 if env.max_key_size() != _MAX_LMDB_KEY:
                     env.close()
                     raise BackendUnavailable(f"this LMDB build allows {env.max_key_size()}-byte keys; wasmkv needs 511")
-                entry = [env, threading.Lock(), 0, (fsync, map_size)]
-                _registry[self.path] = entry
-            elif entry[3] != (fsync, map_size):
+                entry = _registry[self.path] = _Shared(env, fsync, map_size)
+            elif (entry.fsync, entry.map_size) != (fsync, map_size):
                 # One environment serves the whole process, so a second open cannot change its settings.
-                opened_fsync, opened_map_size = entry[3]  # type: ignore[misc]
                 raise InvalidArgument(
-                    f"the store at {self.path} is already open in this process with fsync={opened_fsync}, "
-                    f"map_size={opened_map_size}; open it again with the same settings"
+                    f"the store at {self.path} is already open in this process with fsync={entry.fsync}, "
+                    f"map_size={entry.map_size}; open it again with the same settings"
                 )
-            entry[2] = int(entry[2]) + 1  # type: ignore[call-overload]
-        self._env: lmdb.Environment = entry[0]  # type: ignore[assignment]
-        self._write_lock: threading.Lock = entry[1]  # type: ignore[assignment]
+            entry.opened += 1
+        self._env = entry.env
+        self._write_lock = entry.write_lock
         self._data = self._env.open_db(b"data")
         self._expiry = self._env.open_db(b"expiry")
         self._usage = self._env.open_db(b"usage")
@@ -294,7 +317,7 @@ class LmdbStore:
             raise self._unavailable(exc) from exc
         try:
             if len(key) + len(prefix) >= _MAX_LMDB_KEY:
-                return self._live_value(_lookup(txn, self._data, prefix, key), now_ms(self._clock))
+                return _live_value(_lookup(txn, self._data, prefix, key), now_ms(self._clock))
             # The common short key is read inline.
             record = txn.get(prefix + key)
             if record is None:
@@ -322,10 +345,10 @@ class LmdbStore:
                 # One C-level lookup loop for the whole batch, then one pass to unwrap the records.
                 found = dict(txn.cursor().getmulti(full))
                 return [
-                    None if (r := found.get(k)) is None else r[1:] if r[0] == _NO_TTL else self._live_value(r, now)
+                    None if (r := found.get(k)) is None else r[1:] if r[0] == _NO_TTL else _live_value(r, now)
                     for k in full
                 ]
-            return [self._live_value(_lookup(txn, self._data, prefix, key), now) for key in keys]
+            return [_live_value(_lookup(txn, self._data, prefix, key), now) for key in keys]
         except lmdb.Error as exc:
             raise self._unavailable(exc) from exc
         finally:
@@ -335,7 +358,7 @@ class LmdbStore:
         """Whether the key is live."""
         with self._read() as txn:
             record = _lookup(txn, self._data, ns.prefix, key)
-            return self._live_value(record, now_ms(self._clock), copy=False) is not None
+            return _is_live(record, now_ms(self._clock))
 
     def ttl(self, ns: Namespace, key: bytes) -> int | None:
         """Milliseconds left before the key expires; None if it has no TTL or is missing."""
@@ -357,7 +380,7 @@ class LmdbStore:
                     continue
                 if high is not None and key >= high:
                     break
-                if self._live_value(record, now, copy=False) is None:
+                if not _is_live(record, now):
                     continue
                 if len(keys) == limit:
                     return keys, True
@@ -469,8 +492,8 @@ class LmdbStore:
         self._closed = True
         with _registry_lock:
             entry = _registry[self.path]
-            entry[2] = int(entry[2]) - 1  # type: ignore[call-overload]
-            if entry[2] == 0:
+            entry.opened -= 1
+            if entry.opened == 0:
                 del _registry[self.path]
                 self._env.close()
 
@@ -481,16 +504,6 @@ class LmdbStore:
         self.close()
 
     # -- internals -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _live_value(record: bytes | memoryview | None, now: int, *, copy: bool = True) -> bytes | None:
-        """The record's value if it is live (None if missing or expired); `copy=False` returns b"" for live."""
-        if record is None:
-            return None
-        expires = _expiry_of(record)
-        if expires is not None and expires <= now:
-            return None
-        return _value_of(record) if copy else b""
 
     def _unavailable(self, exc: lmdb.Error) -> BackendUnavailable:
         if self._closed:

@@ -413,15 +413,6 @@ def test_from_url_opens_local_stores_by_path_lmdb_url_and_memory(tmp_path: Path)
         assert again.tenant("acme").bucket().get("k") == b"v"
 
 
-def test_the_embedded_default_never_imports_redis() -> None:
-    code = (
-        "import sys, kv; kv.KvStore.from_url('memory:').close(); kv.KvStore.memory().close(); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'redis'))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
-
-
 def test_redis_store_is_exported_lazily() -> None:
     store = kv.RedisStore.from_url("redis://127.0.0.1:1/0")
     assert isinstance(store, kv.AsyncStore)
