@@ -32,8 +32,7 @@ from typing import Any
 from bench_host import LOOPS  # the same loop plugin as the embedded-store benchmark
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-import host
-import kv
+from wasmkv import host, kv
 
 PREFIX = "bench"
 LIST_PAGE = 100
@@ -192,7 +191,8 @@ async def _noop() -> None:
 
 WORKER = textwrap.dedent(
     """
-    import json, sys, time, kv
+    import json, sys, time
+    from wasmkv import kv
     url, me, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     with kv.KvStore.from_url(url, key_prefix="bench-tp", sweep_interval_s=None) as store:
         # Each process its own tenant, so the load spreads over the cluster's masters.
@@ -242,7 +242,8 @@ def throughput(url: str, processes: int, seconds: float) -> float:
 
 HOST_WORKER = textwrap.dedent(
     """
-    import json, sys, time, host, kv
+    import json, sys, time
+    from wasmkv import host, kv
     url, me, seconds, counter = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     with kv.KvStore.from_url(url, key_prefix="benchhosts", sweep_interval_s=None) as store, host.Host(store) as h:
         plugin = h.load(counter, name="counter", tenant="t%d" % me)

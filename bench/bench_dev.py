@@ -22,7 +22,7 @@ from pathlib import Path
 
 import wasmtime
 
-import host
+from wasmkv import host
 
 FUNCTIONS = 4500
 

@@ -23,9 +23,8 @@ from collections.abc import Callable
 import msgpack
 import wasmtime
 
-import host
-import kv
-from host._ffi import ExportFunc, define_unchecked
+from wasmkv import host, kv
+from wasmkv.host._ffi import ExportFunc, define_unchecked
 
 ROUNDS = 15
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import lmdb
 
-import kv
+from wasmkv import kv
 
 BATCH = 200
 ROUNDS = 25

@@ -14,9 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import host
-import kv
-from abi import Status
+from wasmkv import host, kv
+from wasmkv.abi import Status
 
 COUNTER = Path(__file__).resolve().parent.parent / "plugins" / "build" / "counter.wasm"
 

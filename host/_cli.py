@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-import kv
-
+from .. import kv
 from ._config import load_config
 from ._dev import DevLoop, serve_calls
 from ._errors import HostError, PluginError, PluginStatusError, UnknownExport

@@ -42,8 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-import kv
-
+from .. import kv
 from ._errors import ConfigError
 from ._limits import Limits
 

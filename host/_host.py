@@ -10,8 +10,7 @@ from typing import Final
 
 import wasmtime
 
-import kv
-
+from .. import kv
 from ._cache import ModuleCache
 from ._config import Config, load_config
 from ._errors import HostError, LoadError, UnknownPlugin

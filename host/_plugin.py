@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Final
 import msgpack
 import wasmtime
 
-import kv
-from abi import ENTRY_SIGNATURE, HOST_IMPORTS, HOST_MODULE, KV_IMPORTS, KV_MODULE, MEMORY_EXPORT, Status
-
+from .. import kv
+from ..abi import ENTRY_SIGNATURE, HOST_IMPORTS, HOST_MODULE, KV_IMPORTS, KV_MODULE, MEMORY_EXPORT, Status
 from ._errors import (
     LoadError,
     PluginFuelExhausted,

@@ -83,4 +83,4 @@ def __getattr__(name: str) -> object:
         from ._redis import RedisStore  # noqa: PLC0415
 
         return RedisStore
-    raise AttributeError(f"module 'kv' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

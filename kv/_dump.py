@@ -24,8 +24,7 @@ from typing import IO, Any, BinaryIO, Final
 
 import msgpack
 
-from abi import BATCH_MAX_ITEMS, LIST_MAX_LIMIT
-
+from ..abi import BATCH_MAX_ITEMS, LIST_MAX_LIMIT
 from ._errors import InvalidArgument, InvalidKey, KvError, QuotaExceeded, ValueTooLarge
 from ._rules import Namespace, Quota, Usage, check_name, check_ttl_ms, check_value, encode_key
 from ._store import KvStore

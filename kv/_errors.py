@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from abi import Status
+from ..abi import Status
 
 __all__ = [
     "AccessDenied",

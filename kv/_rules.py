@@ -18,8 +18,7 @@ from typing import Final
 
 import msgpack
 
-from abi import BATCH_MAX_ITEMS, LIST_MAX_LIMIT
-
+from ..abi import BATCH_MAX_ITEMS, LIST_MAX_LIMIT
 from ._errors import (
     IntegerOverflow,
     InvalidArgument,

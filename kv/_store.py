@@ -51,7 +51,7 @@ DEFAULT_SWEEP_INTERVAL_S: Final = 1.0
 Key = str | bytes
 """A key: a str, or its UTF-8 bytes (as plugins pass them)."""
 
-_log = logging.getLogger("kv")
+_log = logging.getLogger("wasmkv.kv")
 
 _LOCAL_OPTIONS: Final = frozenset({"fsync", "clock", "sweep_interval_s"})
 _MEMORY_OPTIONS: Final = frozenset({"clock", "sweep_interval_s"})

@@ -12,8 +12,7 @@ from pathlib import Path
 import _servers
 import pytest
 
-import host
-import kv
+from wasmkv import host, kv
 
 StoreFactory = Callable[..., kv.KvStore]
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-import kv
+from wasmkv import kv
 
 NS = kv.Namespace("acme", "default")
 QUOTA = kv.Quota()

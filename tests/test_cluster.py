@@ -23,7 +23,7 @@ from pathlib import Path
 import _servers
 import pytest
 
-import kv
+from wasmkv import kv
 
 PROCESSES = 3
 
@@ -36,7 +36,8 @@ def _prefix() -> str:
 
 WORKER = textwrap.dedent(
     """
-    import json, sys, kv
+    import json, sys
+    from wasmkv import kv
     url, prefix, me = sys.argv[1], sys.argv[2], int(sys.argv[3])
     with kv.KvStore.from_url(url, key_prefix=prefix, sweep_interval_s=None) as store:
         shared = store.tenant("shared").bucket()
@@ -421,7 +422,7 @@ def test_redis_store_is_exported_lazily() -> None:
 
 def test_a_resent_write_runs_once(monkeypatch: pytest.MonkeyPatch) -> None:
     # What redis-py does when a connection drops after sending: the same script call again.
-    monkeypatch.setattr("kv._redis.os.urandom", lambda n: b"x" * n)
+    monkeypatch.setattr("wasmkv.kv._redis.os.urandom", lambda n: b"x" * n)
 
     async def run() -> tuple[int, int, bool, bytes | None]:
         store = kv.RedisStore.from_url(_servers.single().url, key_prefix=_prefix())

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import _servers
 
-import kv
+from wasmkv import kv
 
 PROCESSES = 3
 FILL_QUOTA = 50
 
 HOST_WORKER = textwrap.dedent(
     """
-    import json, sys, host
+    import json, sys
+    from wasmkv import host
     config, me, now = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     with host.Host.from_config(config) as wasm_host:
         counter, filler = wasm_host.plugin("counter"), wasm_host.plugin("filler")

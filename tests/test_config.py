@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import host
-import kv
+from wasmkv import host, kv
 
 COUNTER = """
 (module

@@ -17,8 +17,7 @@ import pytest
 import wasmtime
 from wat import versioned
 
-import host
-import kv
+from wasmkv import host, kv
 
 
 def replace(path: Path, text: str) -> None:

@@ -14,8 +14,8 @@ import msgpack
 import pytest
 from conftest import FakeClock
 
-import kv
-from kv._dump import ImportReport, export_tenant, import_dump
+from wasmkv import kv
+from wasmkv.kv._dump import ImportReport, export_tenant, import_dump
 
 HEADER = {"format": "wasmkv-dump", "version": 1, "tenant": "acme"}
 SMALL = kv.Quota(max_keys=10, max_bytes=1000, max_value_bytes=100, max_key_bytes=32)

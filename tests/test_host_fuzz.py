@@ -10,9 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from wat import Raw, forwarder
 
-import host
-import kv
-from abi import HOST_IMPORTS, KV_IMPORTS, Status
+from wasmkv import host, kv
+from wasmkv.abi import HOST_IMPORTS, KV_IMPORTS, Status
 
 I32 = st.one_of(st.integers(-(2**31), 2**31 - 1), st.sampled_from([0, 1, -1, 7, 65535, 65536, 2**31 - 1, -(2**31)]))
 I64 = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, 1, -1, 2**63 - 1, -(2**63)]))

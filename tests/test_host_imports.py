@@ -6,9 +6,8 @@ import msgpack
 import pytest
 from wat import Raw, forwarder
 
-import host
-import kv
-from abi import Status
+from wasmkv import host, kv
+from wasmkv.abi import Status
 
 NAME, KEY, VAL, OUT, EXP = 0, 100, 1000, 4000, 8000  # memory offsets used by the tests
 PAGE = 65536

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-import host
-import kv
+from wasmkv import host, kv
 
 COUNTER = """
 (module

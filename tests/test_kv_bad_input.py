@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-import kv
+from wasmkv import kv
 
 BAD_KEYS: list[Any] = ["", "a\x00b", "tab\there", "new\nline", "del\x7f", "\x1f", "x" * 513, "é" * 257]
 BAD_KEYS += ["\ud800", 42, None, b"\xff\xfe", b""]

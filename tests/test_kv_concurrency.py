@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import kv
+from wasmkv import kv
 
 THREADS = 8
 

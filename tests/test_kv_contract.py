@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import TtlClock
 
-import kv
+from wasmkv import kv
 
 # -- basic operations ------------------------------------------------------------------------
 

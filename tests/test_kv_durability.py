@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-import kv
+from wasmkv import kv
 
 WRITER = textwrap.dedent(
     """
-    import sys, kv
+    import sys
+    from wasmkv import kv
     store = kv.KvStore.open(sys.argv[1])
     bucket = store.tenant("crash").bucket()
     start = int(sys.argv[2])
@@ -85,7 +86,8 @@ def _all_keys(bucket: kv.Bucket) -> list[str]:
 
 COUNTER = textwrap.dedent(
     """
-    import sys, kv
+    import sys
+    from wasmkv import kv
     with kv.KvStore.open(sys.argv[1]) as store:
         bucket = store.tenant("shared", kv.Quota(max_keys=150)).bucket()
         for i in range(int(sys.argv[2])):

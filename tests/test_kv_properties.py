@@ -9,7 +9,7 @@ from conftest import FakeClock
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-import kv
+from wasmkv import kv
 
 KEYS = st.sampled_from(["a", "b", "ab", "abc", "b/1", "é", "🎉", "z" * 20])
 VALUES = st.binary(max_size=12)

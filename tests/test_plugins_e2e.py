@@ -10,8 +10,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-import host
-import kv
+from wasmkv import host, kv
 
 
 @pytest.fixture

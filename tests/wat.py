@@ -7,8 +7,8 @@ from typing import Any
 
 import wasmtime
 
-import host
-from abi import HOST_IMPORTS, HOST_MODULE, KV_IMPORTS, KV_MODULE
+from wasmkv import host
+from wasmkv.abi import HOST_IMPORTS, HOST_MODULE, KV_IMPORTS, KV_MODULE
 
 
 def forwarder(memory_pages: int = 1) -> str:
