@@ -23,6 +23,7 @@ __all__ = [
     "MEMORY_EXPORT",
     "LogLevel",
     "Status",
+    "describe_status",
 ]
 
 
@@ -42,6 +43,14 @@ class Status(enum.IntEnum):
     RATE_LIMITED = -10
     BACKEND_UNAVAILABLE = -11
     INVALID_ARGUMENT = -12
+
+
+def describe_status(status: int) -> str:
+    """A status for messages: `-4 (QUOTA_EXCEEDED)` for one of the ABI's, the bare number for a plugin's own."""
+    try:
+        return f"{status} ({Status(status).name})"
+    except ValueError:
+        return str(status)
 
 
 class LogLevel(enum.IntEnum):

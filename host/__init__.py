@@ -10,7 +10,9 @@ from ._dev import DevLoop, ReloadEvent, serve_calls
 from ._errors import (
     ConfigError,
     HostError,
+    InvalidLimits,
     LoadError,
+    PluginClosed,
     PluginError,
     PluginFuelExhausted,
     PluginStatusError,
@@ -19,9 +21,10 @@ from ._errors import (
     UnknownExport,
     UnknownPlugin,
 )
-from ._host import EPOCH_TICK_MS, Host, Source
+from ._host import Host
 from ._limits import DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_BYTES, Limits
 from ._plugin import Plugin, Version
+from ._sandbox import EPOCH_TICK_MS, Sandbox, Source
 
 __all__ = [
     "DEFAULT_DEADLINE_MS",
@@ -32,10 +35,12 @@ __all__ = [
     "DevLoop",
     "Host",
     "HostError",
+    "InvalidLimits",
     "Limits",
     "LoadError",
     "ModuleCache",
     "Plugin",
+    "PluginClosed",
     "PluginConfig",
     "PluginError",
     "PluginFuelExhausted",
@@ -43,6 +48,7 @@ __all__ = [
     "PluginTimeout",
     "PluginTrap",
     "ReloadEvent",
+    "Sandbox",
     "Source",
     "StoreConfig",
     "UnknownExport",

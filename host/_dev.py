@@ -18,7 +18,8 @@ import watchfiles
 
 from ._config import Config, PluginConfig
 from ._errors import HostError, PluginError, PluginStatusError, UnknownExport, UnknownPlugin
-from ._host import Host, read_source
+from ._host import Host
+from ._sandbox import read_source
 
 __all__ = ["BUILD_TIMEOUT_S", "DevLoop", "ReloadEvent", "serve_calls"]
 

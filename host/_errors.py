@@ -1,14 +1,18 @@
 """Errors raised by the host.
 
-Errors a plugin *sees* are kv status codes returned by its imports; errors the
-*host's caller* sees are these::
+Errors a plugin *sees* are status codes returned by its imports: a store error's
+code (`kv.KvError.code`), or an `AbiStatusError`'s status for a condition of the
+ABI itself (a bad pointer or handle, a malformed request, a reply too large).
+Errors the *host's caller* sees are these::
 
     HostError
     ├── LoadError                the module cannot be loaded as a plugin
+    │   └── InvalidLimits        a `Limits` value is out of range
     ├── ConfigError              a wasmkv.toml is invalid (file, key and reason)
     ├── UnknownPlugin            no plugin of that name is loaded
     └── PluginError              a call failed; carries plugin, export and output
         ├── UnknownExport        no entry point of that name
+        │   └── PluginClosed     the plugin was closed or unloaded
         ├── PluginStatusError    the entry point returned a non-zero status
         └── PluginTrap           the plugin trapped (its instance is replaced)
             ├── PluginTimeout        the wall-clock deadline passed
@@ -17,10 +21,15 @@ Errors a plugin *sees* are kv status codes returned by its imports; errors the
 
 from __future__ import annotations
 
+from ..abi import Status
+
 __all__ = [
+    "AbiStatusError",
     "ConfigError",
     "HostError",
+    "InvalidLimits",
     "LoadError",
+    "PluginClosed",
     "PluginError",
     "PluginFuelExhausted",
     "PluginStatusError",
@@ -37,6 +46,10 @@ class HostError(Exception):
 
 class LoadError(HostError):
     """The module cannot be loaded: not WebAssembly, wrong imports, no `memory` export, or over its limits."""
+
+
+class InvalidLimits(LoadError):
+    """A `Limits` field is out of range; the message names the field and its allowed values."""
 
 
 class ConfigError(HostError):
@@ -65,6 +78,10 @@ class UnknownExport(PluginError):
     """The plugin has no entry point (`() -> i32` export) of that name."""
 
 
+class PluginClosed(UnknownExport):
+    """The plugin was closed (or unloaded, or its host closed): it takes no more calls."""
+
+
 class PluginStatusError(PluginError):
     """The entry point returned a non-zero status, in `status`."""
 
@@ -87,3 +104,16 @@ class PluginTimeout(PluginTrap):
 
 class PluginFuelExhausted(PluginTrap):
     """The call used up its fuel budget."""
+
+
+class AbiStatusError(Exception):
+    """Raised inside an import body to answer the plugin with an ABI `status` that is not a store error.
+
+    It never reaches the host's caller: the import returns `status` to the
+    plugin. Raised fresh each time, never shared, so that no traceback chains
+    onto one object across calls.
+    """
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = int(status)

@@ -1,55 +1,21 @@
-"""The host: wasmtime engines, the epoch ticker, and the loaded plugins."""
+"""The host: the loaded plugins of one store, with load, reload, unload and close."""
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 import threading
-from pathlib import Path
-from typing import Final
-
-import wasmtime
 
 from .. import kv
 from ._cache import ModuleCache
 from ._config import Config, load_config
-from ._errors import HostError, LoadError, UnknownPlugin
+from ._errors import HostError, UnknownPlugin
+from ._imports import Grant
 from ._limits import Limits
-from ._plugin import Plugin, Version, check_module
+from ._plugin import Plugin, Version
+from ._sandbox import Sandbox, Source
 
-__all__ = ["EPOCH_TICK_MS", "Host", "Source"]
-
-#: The epoch ticker's period: a runaway call stops within its deadline plus about one tick.
-EPOCH_TICK_MS: Final = 5
-_WASM_MAGIC: Final = b"\0asm"
-
-Source = str | os.PathLike[str] | bytes
-"""A plugin module: a path to a `.wasm` or `.wat` file, or the module's bytes (binary or WAT text)."""
-
-
-def read_source(source: Source) -> tuple[bytes, str]:
-    """Return a module's binary WebAssembly and a label for messages.
-
-    Raises:
-        LoadError: if the file cannot be read or the text is not valid WAT.
-    """
-    if isinstance(source, bytes | bytearray | memoryview):
-        data, label = bytes(source), "<bytes>"
-    elif isinstance(source, str) and source.lstrip().startswith("("):
-        data, label = source.encode(), "<wat>"
-    else:
-        path = Path(source)
-        label = str(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise LoadError(f"cannot read plugin {label}: {exc.strerror}") from exc
-    if data.startswith(_WASM_MAGIC):
-        return data, label
-    try:
-        return bytes(wasmtime.wat2wasm(data.decode("utf-8"))), label
-    except (UnicodeDecodeError, wasmtime.WasmtimeError) as exc:
-        raise LoadError(f"plugin {label} is neither WebAssembly binary nor valid WAT text: {exc}") from exc
+__all__ = ["Host"]
 
 
 class Host:
@@ -65,14 +31,11 @@ class Host:
     ) -> None:
         self.store = store
         self.cache = None if cache_dir is None else ModuleCache(cache_dir)
+        self.sandbox = Sandbox(self.cache)
         self._owns_store = owns_store
         self._plugins: dict[str, Plugin] = {}
-        self._engines: dict[bool, wasmtime.Engine] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._stop_ticker = threading.Event()
-        self._ticker = threading.Thread(target=self._tick, name="wasmkv-epoch", daemon=True)
-        self._ticker.start()
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str]) -> Host:
@@ -101,37 +64,6 @@ class Host:
             raise
         return host
 
-    # -- engines --------------------------------------------------------------------------------
-
-    def engine(self, *, fuel: bool = False) -> wasmtime.Engine:
-        """The engine for plugins with (or without) a fuel limit; fuel metering slows compute, so it is separate."""
-        with self._lock:
-            engine = self._engines.get(fuel)
-            if engine is None:
-                config = wasmtime.Config()
-                config.epoch_interruption = True
-                config.consume_fuel = fuel
-                # The imports cache the memory's base address; this guarantees it never moves.
-                config.memory_may_move = False
-                config.cranelift_opt_level = "speed"
-                engine = self._engines[fuel] = wasmtime.Engine(config)
-            return engine
-
-    def _tick(self) -> None:
-        while not self._stop_ticker.wait(EPOCH_TICK_MS / 1000):
-            for engine in list(self._engines.values()):
-                engine.increment_epoch()
-
-    def _deadline_ticks(self, limits: Limits) -> int:
-        # +1: the current tick may be about to end.
-        return math.ceil(limits.deadline_ms / EPOCH_TICK_MS) + 1
-
-    def _arm(self, store: wasmtime.Store, limits: Limits) -> None:
-        """Bound a store's next run (a start function during instantiation)."""
-        store.set_epoch_deadline(self._deadline_ticks(limits))
-        if limits.fuel is not None:
-            store.set_fuel(limits.fuel)
-
     # -- plugins --------------------------------------------------------------------------------
 
     def compile(self, source: Source, *, name: str, limits: Limits) -> Version:
@@ -140,26 +72,7 @@ class Host:
         Raises:
             LoadError: if it is not WebAssembly, breaks the ABI, or starts over its memory limit.
         """
-        wasm, label = read_source(source)
-        fuel = limits.fuel is not None
-        engine = self.engine(fuel=fuel)
-        try:
-            if self.cache is not None:
-                module = self.cache.module(engine, wasm, f"fuel={fuel};epoch=1;memory_may_move=0;opt=speed")
-            else:
-                module = wasmtime.Module(engine, wasm)
-        except wasmtime.WasmtimeError as exc:
-            raise LoadError(f"plugin {name!r} ({label}) does not compile: {exc}") from exc
-        entry_points = check_module(module, name)
-        for export in module.exports:
-            if isinstance(export.type, wasmtime.MemoryType):
-                initial = export.type.limits.min * 65536
-                if initial > limits.memory_bytes:
-                    raise LoadError(
-                        f"plugin {name!r} starts with {initial} bytes of memory, "
-                        f"over its memory_bytes limit of {limits.memory_bytes}"
-                    )
-        return Version(engine, module, wasm, entry_points)
+        return Version(self.sandbox.compile(source, name=name, limits=limits))
 
     def load(
         self,
@@ -187,7 +100,8 @@ class Host:
             tenant = self.store.tenant(tenant)
         granted = frozenset(kv.check_name("bucket", bucket) for bucket in buckets)
         version = self.compile(source, name=name, limits=limits)
-        plugin = Plugin(self, name, version=version, tenant=tenant, buckets=granted, limits=limits)
+        grant = Grant(name, tenant, granted, limits, logging.getLogger(f"wasmkv.plugin.{name}"))
+        plugin = Plugin(self.sandbox, grant, version)
         with self._lock:
             old = self._plugins.get(name)
             self._plugins[name] = plugin
@@ -239,8 +153,7 @@ class Host:
         # Close plugins while the ticker still runs: a call in progress ends by its deadline at the latest.
         for plugin in plugins:
             plugin.close()
-        self._stop_ticker.set()
-        self._ticker.join()
+        self.sandbox.close()
         if self._owns_store:
             self.store.close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
-from ._errors import LoadError
+from ._errors import InvalidLimits
 
 __all__ = ["DEFAULT_DEADLINE_MS", "DEFAULT_MEMORY_BYTES", "Limits"]
 
@@ -30,10 +30,10 @@ class Limits:
 
     def __post_init__(self) -> None:
         if type(self.memory_bytes) is not int or self.memory_bytes < _WASM_PAGE_BYTES:
-            raise LoadError(
+            raise InvalidLimits(
                 f"Limits.memory_bytes must be an int of at least one page (65536), got {self.memory_bytes!r}"
             )
         if type(self.deadline_ms) is not int or self.deadline_ms < 1:
-            raise LoadError(f"Limits.deadline_ms must be a positive int, got {self.deadline_ms!r}")
+            raise InvalidLimits(f"Limits.deadline_ms must be a positive int, got {self.deadline_ms!r}")
         if self.fuel is not None and (type(self.fuel) is not int or self.fuel < 1):
-            raise LoadError(f"Limits.fuel must be a positive int or None, got {self.fuel!r}")
+            raise InvalidLimits(f"Limits.fuel must be a positive int or None, got {self.fuel!r}")

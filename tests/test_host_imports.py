@@ -305,12 +305,12 @@ def test_a_batch_over_1000_items_is_invalid_argument(raw: Raw) -> None:
 def test_host_input_output_and_log(raw: Raw, caplog: pytest.LogCaptureFixture) -> None:
     instance = raw.plugin._version.instance
     assert instance is not None
-    instance.input = b"the input"
+    instance.imports.input = b"the input"
     assert raw.call("fwd_host_input", OUT, 3) == 9
     assert raw.call("fwd_host_input", OUT, 9) == 9
     assert raw.read(OUT, 9) == b"the input"
     assert raw.call("fwd_host_output", *put(raw, VAL, b"out")) == 0
-    assert bytes(instance.output) == b"out"
+    assert instance.output == b"out"
     with caplog.at_level("DEBUG", logger="wasmkv.plugin.fwd"):
         raw.call("fwd_host_log", 2, *put(raw, VAL, b"careful \xff"))
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("WARNING", "careful \ufffd")]
@@ -319,5 +319,5 @@ def test_host_input_output_and_log(raw: Raw, caplog: pytest.LogCaptureFixture) -
 def test_output_past_the_memory_limit_is_invalid_argument(raw: Raw) -> None:
     instance = raw.plugin._version.instance
     assert instance is not None
-    instance.output = bytearray(raw.plugin.limits.memory_bytes)
+    instance.imports.output = bytearray(raw.plugin.limits.memory_bytes)
     assert raw.call("fwd_host_output", *put(raw, VAL, b"x")) == Status.INVALID_ARGUMENT

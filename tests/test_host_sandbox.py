@@ -225,7 +225,7 @@ def test_wasm_and_wat_files_both_load(wasm_host: host.Host, tmp_path: Path) -> N
 def test_a_closed_plugin_refuses_calls(wasm_host: host.Host) -> None:
     plugin = wasm_host.load(COUNTER, name="c", tenant="acme")
     wasm_host.unload("c")
-    with pytest.raises(host.UnknownExport, match="closed"):
+    with pytest.raises(host.PluginClosed, match="closed"):
         plugin.call("hit")
 
 

@@ -1,0 +1,278 @@
+"""The bodies of the wasmkv ABI imports (`kv.*` and `host.*`), over one instance's memory and grant.
+
+Each body reads its arguments from the raw slots of the call (see `_ffi`),
+checks every pointer against the guest memory, calls the tenant's buckets and
+answers with an i32. A `kv.KvError` becomes its status code and an
+`AbiStatusError` its status; anything else is a host bug and traps the call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Final
+
+import msgpack
+
+from .. import kv
+from ..abi import HOST_MODULE, KV_MODULE, Status
+from ._errors import AbiStatusError
+from ._ffi import GuestMemory, RawCallback, Slots
+from ._limits import Limits
+
+__all__ = ["AbiImports", "Grant", "StartFunctionCall"]
+
+_I32_MAX: Final = 2**31 - 1
+_LOG_LEVELS: Final = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Grant:
+    """What one plugin may touch: its tenant, the buckets granted to it, its limits, and its log."""
+
+    plugin: str
+    tenant: kv.Tenant
+    buckets: frozenset[str]
+    limits: Limits
+    logger: logging.Logger
+
+
+class StartFunctionCall(Exception):
+    """A start function called an import: the instance has no memory bound yet."""
+
+
+class _NoMemory:
+    """Stands in for the guest memory until instantiation has bound it (a start function runs before)."""
+
+    view = memoryview(b"")
+
+    def fits(self, pointer: int, length: int) -> bool:
+        raise StartFunctionCall()
+
+
+def _bad_pointer() -> AbiStatusError:
+    # Raised fresh each time: re-raising one shared instance would chain every traceback onto
+    # it, and a plugin looping on bad pointers would grow host memory.
+    return AbiStatusError(Status.BAD_POINTER, "a pointer/length pair reaches outside the plugin's memory")
+
+
+def _i64(slots: Slots, slot: int) -> int:
+    value: int = (slots[4 * slot + 1] << 32) | (slots[4 * slot] & 0xFFFFFFFF)
+    return value
+
+
+class AbiImports:
+    """The `kv` and `host` imports of one instance, with the state of its current call (input, output).
+
+    Used by one thread at a time: the instance's.
+    """
+
+    def __init__(self, grant: Grant) -> None:
+        self.grant = grant
+        self.memory: GuestMemory | _NoMemory = _NoMemory()
+        self.handles: list[kv.Bucket] = []
+        self.handle_of: dict[bytes, int] = {}
+        self.input = b""
+        self.output = bytearray()
+
+    def bodies(self) -> dict[tuple[str, str], RawCallback]:
+        """Every import body, by (module, name)."""
+        return {
+            (KV_MODULE, "open"): self._open,
+            (KV_MODULE, "get"): self._get,
+            (KV_MODULE, "set"): self._set,
+            (KV_MODULE, "set_with_ttl"): self._set_with_ttl,
+            (KV_MODULE, "delete"): self._delete,
+            (KV_MODULE, "exists"): self._exists,
+            (KV_MODULE, "increment"): self._increment,
+            (KV_MODULE, "compare_and_swap"): self._compare_and_swap,
+            (KV_MODULE, "list_keys"): self._list_keys,
+            (KV_MODULE, "get_many"): self._get_many,
+            (KV_MODULE, "set_many"): self._set_many,
+            (KV_MODULE, "delete_many"): self._delete_many,
+            (HOST_MODULE, "input"): self._input,
+            (HOST_MODULE, "output"): self._output,
+            (HOST_MODULE, "log"): self._log,
+        }
+
+    def status_of(self, exc: BaseException) -> int | None:
+        """The status an exception from a body returns to the guest; None if it is a host bug."""
+        if isinstance(exc, kv.KvError):
+            return -exc.code
+        if isinstance(exc, AbiStatusError):
+            return exc.status
+        return None
+
+    def begin_call(self, input: bytes) -> None:
+        """Reset the per-call state for a call with `input`."""
+        self.input = input
+        self.output = bytearray()
+
+    # -- memory ---------------------------------------------------------------------------------
+
+    def _read(self, pointer: int, length: int) -> bytes:
+        memory = self.memory
+        if not memory.fits(pointer, length):
+            raise _bad_pointer()
+        return memory.view[pointer : pointer + length].tobytes()
+
+    def _reply(self, data: bytes, pointer: int, capacity: int) -> int:
+        """The buffer rule: write `data` only if it fits; return its length."""
+        if not self.memory.fits(pointer, capacity):
+            raise _bad_pointer()
+        length = len(data)
+        if length > _I32_MAX:
+            raise AbiStatusError(Status.VALUE_TOO_LARGE, f"reply of {length} bytes does not fit an i32 length")
+        if length <= capacity:
+            self.memory.view[pointer : pointer + length] = data
+        return length
+
+    def _bucket(self, handle: int) -> kv.Bucket:
+        if handle < 0 or handle >= len(self.handles):
+            raise AbiStatusError(Status.BAD_HANDLE, f"store handle {handle} was not returned by open")
+        return self.handles[handle]
+
+    # -- kv imports -----------------------------------------------------------------------------
+
+    def _open(self, s: Slots) -> int:
+        raw = self._read(s[0], s[4])
+        handle = self.handle_of.get(raw)
+        if handle is not None:
+            return handle
+        try:
+            name = kv.check_name("bucket", raw.decode("ascii"))
+        except UnicodeDecodeError:
+            raise AbiStatusError(Status.INVALID_ARGUMENT, f"bucket name is not ASCII: {raw!r}") from None
+        if name not in self.grant.buckets:
+            raise kv.AccessDenied(f"bucket {name!r} is not granted to plugin {self.grant.plugin!r}")
+        self.handles.append(self.grant.tenant.bucket(name))
+        handle = self.handle_of[raw] = len(self.handles) - 1
+        return handle
+
+    def _get(self, s: Slots) -> int:
+        # The hottest import: bounds checks and the handle lookup inlined.
+        handle, key_pointer, key_length, out_pointer, capacity = s[0], s[4], s[8], s[12], s[16]
+        handles = self.handles
+        if handle < 0 or handle >= len(handles):
+            return Status.BAD_HANDLE
+        memory = self.memory
+        view = memory.view
+        size = len(view)
+        if (
+            key_pointer < 0
+            or key_length < 0
+            or capacity < 0
+            or out_pointer < 0
+            or key_pointer + key_length > size
+            or (capacity and out_pointer + capacity > size)
+        ):
+            if not (memory.fits(key_pointer, key_length) and memory.fits(out_pointer, capacity)):
+                return Status.BAD_POINTER
+            view = memory.view
+        value = handles[handle].get(view[key_pointer : key_pointer + key_length].tobytes())
+        if value is None:
+            return Status.NOT_FOUND
+        length = len(value)
+        if length <= capacity:
+            view[out_pointer : out_pointer + length] = value
+        return length
+
+    def _set(self, s: Slots) -> int:
+        bucket = self._bucket(s[0])
+        bucket.set(self._read(s[4], s[8]), self._read(s[12], s[16]))
+        return 0
+
+    def _set_with_ttl(self, s: Slots) -> int:
+        bucket = self._bucket(s[0])
+        bucket.set_with_ttl(self._read(s[4], s[8]), self._read(s[12], s[16]), _i64(s, 5))
+        return 0
+
+    def _delete(self, s: Slots) -> int:
+        return int(self._bucket(s[0]).delete(self._read(s[4], s[8])))
+
+    def _exists(self, s: Slots) -> int:
+        return int(self._bucket(s[0]).exists(self._read(s[4], s[8])))
+
+    def _increment(self, s: Slots) -> int:
+        bucket = self._bucket(s[0])
+        key = self._read(s[4], s[8])
+        out_pointer = s[16]
+        # Check the result slot first, so a bad pointer changes nothing.
+        if not self.memory.fits(out_pointer, 8):
+            raise _bad_pointer()
+        total = bucket.increment(key, _i64(s, 3))
+        self.memory.view[out_pointer : out_pointer + 8] = total.to_bytes(8, "little", signed=True)
+        return 0
+
+    def _compare_and_swap(self, s: Slots) -> int:
+        bucket = self._bucket(s[0])
+        key = self._read(s[4], s[8])
+        expected = None if s[16] == -1 else self._read(s[12], s[16])
+        return int(bucket.compare_and_swap(key, expected, self._read(s[20], s[24])))
+
+    def _list_keys(self, s: Slots) -> int:
+        bucket = self._bucket(s[0])
+        prefix = self._read(s[4], s[8])
+        cursor_raw = self._read(s[12], s[16])
+        out_pointer, capacity = s[24], s[28]
+        if not self.memory.fits(out_pointer, capacity):
+            raise _bad_pointer()
+        try:
+            cursor = cursor_raw.decode("ascii") if cursor_raw else None
+        except UnicodeDecodeError:
+            raise AbiStatusError(Status.INVALID_ARGUMENT, "cursor is not one returned by list_keys") from None
+        page = bucket.list_keys(prefix, cursor, s[20])  # type: ignore[arg-type]
+        return self._reply(msgpack.packb({"keys": page.keys, "cursor": page.cursor}), out_pointer, capacity)
+
+    def _unpack(self, s: Slots, *, raw: bool = False) -> object:
+        request = self._read(s[4], s[8])
+        try:
+            # raw=True (key lists): str keys stay bytes, which the bucket validates as UTF-8 without
+            # decoding and re-encoding them. Otherwise surrogateescape keeps a non-UTF-8 str key
+            # alive until the bucket's key check (-2, like any invalid key), not the whole request (-12).
+            return msgpack.unpackb(request, raw=raw, unicode_errors="surrogateescape", strict_map_key=False)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise AbiStatusError(Status.INVALID_ARGUMENT, f"request is not valid msgpack: {exc}") from None
+
+    def _key_list(self, request: object) -> list[str | bytes]:
+        if not isinstance(request, list) or not all(isinstance(key, str | bytes) for key in request):
+            raise AbiStatusError(Status.INVALID_ARGUMENT, "request must be a msgpack array of str keys")
+        return request
+
+    def _get_many(self, s: Slots) -> int:
+        bucket = self._bucket(s[0])
+        out_pointer, capacity = s[12], s[16]
+        if not self.memory.fits(out_pointer, capacity):
+            raise _bad_pointer()
+        values = bucket.get_many(self._key_list(self._unpack(s, raw=True)))
+        return self._reply(msgpack.packb(values, use_bin_type=True), out_pointer, capacity)
+
+    def _set_many(self, s: Slots) -> int:
+        bucket = self._bucket(s[0])
+        request = self._unpack(s)
+        if not isinstance(request, dict) or not all(
+            isinstance(key, str | bytes) and isinstance(value, bytes) for key, value in request.items()
+        ):
+            raise AbiStatusError(Status.INVALID_ARGUMENT, "request must be a msgpack map of str keys to bin values")
+        bucket.set_many(request)
+        return 0
+
+    def _delete_many(self, s: Slots) -> int:
+        return self._bucket(s[0]).delete_many(self._key_list(self._unpack(s, raw=True)))
+
+    # -- host imports ---------------------------------------------------------------------------
+
+    def _input(self, s: Slots) -> int:
+        return self._reply(self.input, s[0], s[4])
+
+    def _output(self, s: Slots) -> int:
+        data = self._read(s[0], s[4])
+        cap = self.grant.limits.memory_bytes
+        if len(self.output) + len(data) > cap:
+            raise AbiStatusError(Status.INVALID_ARGUMENT, f"output is capped at memory_bytes ({cap}) per call")
+        self.output += data
+        return 0
+
+    def _log(self, s: Slots) -> None:
+        text = self._read(s[4], s[8]).decode("utf-8", "replace")
+        self.grant.logger.log(_LOG_LEVELS.get(s[0], logging.INFO), "%s", text)

@@ -1,0 +1,135 @@
+"""What every plugin of a host shares on the wasmtime side: engines, compilation, the epoch ticker, deadlines.
+
+A `Plugin` is handed the `Sandbox` of its host, never the `Host` itself: this is
+all it needs to compile a new version and to bound the time of a call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Final
+
+import wasmtime
+
+from ._cache import ModuleCache
+from ._errors import LoadError
+from ._limits import Limits
+from ._module_check import ModuleInfo, check_module
+
+__all__ = ["EPOCH_TICK_MS", "Compiled", "Sandbox", "Source", "read_source"]
+
+#: The epoch ticker's period: a runaway call stops within its deadline plus about one tick.
+EPOCH_TICK_MS: Final = 5
+_WASM_MAGIC: Final = b"\0asm"
+
+Source = str | os.PathLike[str] | bytes
+"""A plugin module: a path to a `.wasm` or `.wat` file, or the module's bytes (binary or WAT text)."""
+
+
+def read_source(source: Source) -> tuple[bytes, str]:
+    """Return a module's binary WebAssembly and a label for messages.
+
+    Raises:
+        LoadError: if the file cannot be read or the text is not valid WAT.
+    """
+    if isinstance(source, bytes | bytearray | memoryview):
+        data, label = bytes(source), "<bytes>"
+    elif isinstance(source, str) and source.lstrip().startswith("("):
+        data, label = source.encode(), "<wat>"
+    else:
+        path = Path(source)
+        label = str(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise LoadError(f"cannot read plugin {label}: {exc.strerror}") from exc
+    if data.startswith(_WASM_MAGIC):
+        return data, label
+    try:
+        return bytes(wasmtime.wat2wasm(data.decode("utf-8"))), label
+    except (UnicodeDecodeError, wasmtime.WasmtimeError) as exc:
+        raise LoadError(f"plugin {label} is neither WebAssembly binary nor valid WAT text: {exc}") from exc
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Compiled:
+    """A module compiled and checked for one plugin: the engine it runs on, the module, what the check found."""
+
+    engine: wasmtime.Engine
+    module: wasmtime.Module
+    info: ModuleInfo
+
+
+class Sandbox:
+    """The engines plugins compile and run on, the module cache, and the epoch ticker that enforces deadlines.
+
+    Thread-safe. `close()` stops the ticker; calls still running then end by
+    their deadline only if the ticker runs, so close the plugins first.
+    """
+
+    def __init__(self, cache: ModuleCache | None = None) -> None:
+        self.cache = cache
+        self._engines: dict[bool, wasmtime.Engine] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="wasmkv-epoch", daemon=True)
+        self._ticker.start()
+
+    def engine(self, *, fuel: bool = False) -> wasmtime.Engine:
+        """The engine for plugins with (or without) a fuel limit; fuel metering slows compute, so it is separate."""
+        with self._lock:
+            engine = self._engines.get(fuel)
+            if engine is None:
+                config = wasmtime.Config()
+                config.epoch_interruption = True
+                config.consume_fuel = fuel
+                # The imports cache the memory's base address; this guarantees it never moves.
+                config.memory_may_move = False
+                config.cranelift_opt_level = "speed"
+                engine = self._engines[fuel] = wasmtime.Engine(config)
+            return engine
+
+    def _tick(self) -> None:
+        while not self._stop.wait(EPOCH_TICK_MS / 1000):
+            for engine in list(self._engines.values()):
+                engine.increment_epoch()
+
+    @staticmethod
+    def deadline_ticks(limits: Limits) -> int:
+        """The epoch deadline, in ticks from now, that ends a call after `limits.deadline_ms`."""
+        # +1: the current tick may be about to end.
+        return math.ceil(limits.deadline_ms / EPOCH_TICK_MS) + 1
+
+    def arm(self, store: wasmtime.Store, limits: Limits) -> None:
+        """Bound a store's next run (a start function during instantiation) by the deadline and fuel."""
+        store.set_epoch_deadline(self.deadline_ticks(limits))
+        if limits.fuel is not None:
+            store.set_fuel(limits.fuel)
+
+    def compile(self, source: Source, *, name: str, limits: Limits) -> Compiled:
+        """Compile and check a module for plugin `name`.
+
+        Raises:
+            LoadError: if it is not WebAssembly, breaks the ABI, or starts over its memory limit.
+        """
+        wasm, label = read_source(source)
+        fuel = limits.fuel is not None
+        engine = self.engine(fuel=fuel)
+        try:
+            if self.cache is not None:
+                module = self.cache.module(engine, wasm, f"fuel={fuel};epoch=1;memory_may_move=0;opt=speed")
+            else:
+                module = wasmtime.Module(engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise LoadError(f"plugin {name!r} ({label}) does not compile: {exc}") from exc
+        return Compiled(engine, module, check_module(module, wasm, name=name, limits=limits))
+
+    def close(self) -> None:
+        """Stop the epoch ticker; idempotent."""
+        self._stop.set()
+        if threading.current_thread() is not self._ticker:
+            self._ticker.join()
