@@ -172,9 +172,8 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"wasmkv: no store at {args.state}", file=sys.stderr)
         return EXIT_USAGE
     with kv.KvStore.open(args.state, sweep_interval_s=None) as store:
-        list_namespaces = getattr(store.engine, "namespaces", None)
-        namespaces: list[kv.Namespace] = list_namespaces() if list_namespaces is not None else []
-        tenants = sorted({ns.tenant for ns in namespaces} | ({args.tenant} if args.tenant else set()))
+        engine = store.engine
+        tenants = sorted(set(engine.tenants()) | ({args.tenant} if args.tenant else set()))
         for name in tenants:
             if args.tenant and name != args.tenant:
                 continue
@@ -182,12 +181,10 @@ def _inspect(args: argparse.Namespace) -> int:
             usage = tenant.usage()
             quota = tenant.quota
             print(f"tenant {name}: {usage.keys}/{quota.max_keys} keys, {usage.bytes}/{quota.max_bytes} bytes")
-            for ns in namespaces:
-                if ns.tenant != name:
-                    continue
-                bucket = tenant.bucket(ns.bucket)
+            for bucket_name in engine.buckets(name):
+                bucket = tenant.bucket(bucket_name)
                 page = bucket.list_keys(limit=args.limit)
-                print(f"  bucket {ns.bucket}:")
+                print(f"  bucket {bucket_name}:")
                 values = bucket.get_many(page.keys)
                 for key, value in zip(page.keys, values, strict=True):
                     ttl = bucket.ttl(key)

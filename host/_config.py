@@ -50,7 +50,6 @@ __all__ = ["DEFAULT_DEV_LISTEN", "Config", "PluginConfig", "StoreConfig", "load_
 
 DEFAULT_DEV_LISTEN: Final = "127.0.0.1:8737"
 DEFAULT_DEBOUNCE_MS: Final = 50
-_REMOTE_OPTIONS: Final = frozenset({"timeout_s", "read_cache_size", "read_cache_ms", "max_connections", "key_prefix"})
 
 T = TypeVar("T")
 
@@ -272,30 +271,36 @@ def _listen(value: str) -> str | None:
 
 
 def _store(table: _Reader | None, root: Path) -> StoreConfig:
+    """The `[store]` table: `path` or `url`, and the options of that backend (declared in `kv.BACKENDS`)."""
     if table is None:
         return StoreConfig(path=root / ".wasmkv" / "state", url=None, options={})
     path = table.get("path", str)
     url = table.get("url", str)
     if path is not None and url is not None:
-        raise table.error("store", "set either path (embedded) or url (clustered), not both")
+        raise table.error("store", "set either path (the embedded store) or url (a store URL), not both")
+    backend = kv.BACKENDS["lmdb"]
+    if url is not None:
+        try:
+            backend, _ = kv.backend_for(url)
+        except kv.InvalidArgument as exc:
+            raise table.error("store.url", str(exc)) from None
+    allowed = {**backend.options, **kv.COMMON_OPTIONS}
     options: dict[str, Any] = {}
-    if (fsync := table.get("fsync", bool)) is not None:
-        options["fsync"] = fsync
-    for number in ("timeout_s", "read_cache_ms", "sweep_interval_s"):
-        if (value := table.get(number, float, None, _positive)) is not None:
-            options[number] = value
-    for count in ("read_cache_size", "max_connections"):
-        if (value := table.get(count, int, None, _positive)) is not None:
-            options[count] = value
-    if (prefix := table.get("key_prefix", str)) is not None:
-        options["key_prefix"] = prefix
-    table.done(
-        "path, url, fsync, timeout_s, read_cache_size, read_cache_ms, max_connections, sweep_interval_s, key_prefix"
-    )
-    if url is None and (remote := sorted(set(options) & _REMOTE_OPTIONS)):
-        raise table.error(f"store.{remote[0]}", "applies to a clustered store only (url), not to path")
-    if url is not None and "fsync" in options:
-        raise table.error("store.fsync", "applies to the embedded store only (path), not to url")
+    for name in list(table.table):
+        if name in ("path", "url"):
+            continue
+        option = allowed.get(name)
+        if option is None:
+            takers = sorted(other.name for other in kv.BACKENDS.values() if name in other.options)
+            if takers:
+                raise table.error(
+                    f"store.{name}", f"applies to a {' or '.join(takers)} store only, not to {backend.name}"
+                )
+            continue  # `done` below reports it as unknown
+        value = table.get(name, option.kind, None, option.check)
+        if value is not None:
+            options[name] = value
+    table.done(", ".join(["path", "url", *sorted(allowed)]))
     return StoreConfig(path=None if url is not None else root / (path or ".wasmkv/state"), url=url, options=options)
 
 

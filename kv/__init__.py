@@ -6,6 +6,7 @@ lives in RAM. Engines implement `Store` (or `AsyncStore`, bridged with
 key and enforces quotas around any of them.
 """
 
+from ._backends import BACKENDS, COMMON_OPTIONS, Backend, Option, backend_for
 from ._bridge import DEFAULT_BRIDGE_TIMEOUT_S, SyncBridge
 from ._dump import DUMP_FORMAT, DUMP_VERSION, ImportReport, export_tenant, import_dump
 from ._errors import (
@@ -21,6 +22,7 @@ from ._errors import (
     ValueTooLarge,
 )
 from ._protocol import AsyncStore, Store
+from ._read_cache import DEFAULT_READ_CACHE_MS, ReadCache
 from ._rules import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_MAX_BYTES,
@@ -38,12 +40,15 @@ from ._rules import (
 from ._store import DEFAULT_SWEEP_INTERVAL_S, Bucket, KvStore, Tenant
 
 __all__ = [
+    "BACKENDS",
+    "COMMON_OPTIONS",
     "DEFAULT_BRIDGE_TIMEOUT_S",
     "DEFAULT_LIST_LIMIT",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_KEYS",
     "DEFAULT_MAX_KEY_BYTES",
     "DEFAULT_MAX_VALUE_BYTES",
+    "DEFAULT_READ_CACHE_MS",
     "DEFAULT_SWEEP_INTERVAL_S",
     "DUMP_FORMAT",
     "DUMP_VERSION",
@@ -51,6 +56,7 @@ __all__ = [
     "MAX_TTL_MS",
     "AccessDenied",
     "AsyncStore",
+    "Backend",
     "BackendUnavailable",
     "Bucket",
     "ImportReport",
@@ -62,15 +68,18 @@ __all__ = [
     "KvStore",
     "Namespace",
     "NotANumber",
+    "Option",
     "Quota",
     "QuotaExceeded",
     "RateLimited",
+    "ReadCache",
     "RedisStore",
     "Store",
     "SyncBridge",
     "Tenant",
     "Usage",
     "ValueTooLarge",
+    "backend_for",
     "check_name",
     "export_tenant",
     "import_dump",
@@ -78,7 +87,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # `RedisStore` is exported lazily, so that `import kv` never loads redis-py.
+    # `RedisStore` is exported lazily, so that `import wasmkv.kv` never loads redis-py.
     if name == "RedisStore":
         from ._redis import RedisStore  # noqa: PLC0415
 

@@ -37,8 +37,7 @@ class SyncBridge:
 
     Thread-safe: calls from many threads run concurrently on the one loop. No
     call waits longer than `timeout_s`; a call that would is cancelled on the
-    loop and raises `BackendUnavailable`. Also forwards `sweep()` when the
-    async store has one. A context manager; `close()` is idempotent.
+    loop and raises `BackendUnavailable`. A context manager; `close()` is idempotent.
 
     Raises:
         InvalidArgument: if `timeout_s` is not a positive number.
@@ -54,9 +53,6 @@ class SyncBridge:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="kv-bridge", daemon=True)
         self._thread.start()
-        if getattr(async_store, "sweep", None) is None:
-            # KvStore starts its sweeper only for engines that have `sweep`; hide ours when there is nothing to call.
-            self.sweep = None  # type: ignore[assignment]
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -181,15 +177,29 @@ class SyncBridge:
         """
         return self._call(self.async_store.usage(tenant))
 
-    def sweep(self) -> int:
-        """Forward to the async store's `sweep()`: reclaim a batch of expired keys; the number reclaimed.
+    def sweep(self, limit: int) -> int:
+        """Reclaim up to `limit` expired keys; the number reclaimed.
 
         Raises:
             BackendUnavailable: as `get`.
         """
-        sweep = self.async_store.sweep  # type: ignore[attr-defined]
-        count: int = self._call(sweep())
-        return count
+        return self._call(self.async_store.sweep(limit))
+
+    def tenants(self) -> list[str]:
+        """Every tenant that has written to this store, in byte order.
+
+        Raises:
+            BackendUnavailable: as `get`.
+        """
+        return self._call(self.async_store.tenants())
+
+    def buckets(self, tenant: str) -> list[str]:
+        """The tenant's buckets that hold at least one stored key, in byte order.
+
+        Raises:
+            BackendUnavailable: as `get`.
+        """
+        return self._call(self.async_store.buckets(tenant))
 
     def close(self) -> None:
         """Run the async store's `aclose` on the loop, then stop the loop thread; idempotent.

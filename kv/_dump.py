@@ -26,7 +26,7 @@ import msgpack
 
 from ..abi import BATCH_MAX_ITEMS, LIST_MAX_LIMIT
 from ._errors import InvalidArgument, InvalidKey, KvError, QuotaExceeded, ValueTooLarge
-from ._rules import Namespace, Quota, Usage, check_name, check_ttl_ms, check_value, encode_key
+from ._rules import Namespace, Quota, Usage, check_name, check_ttl_ms, check_value, encode_key, quota_exceeded
 from ._store import KvStore
 
 __all__ = [
@@ -74,8 +74,7 @@ def export_tenant(store: KvStore, tenant: str, out: BinaryIO, *, buckets: Sequen
     It reads through the engine, so it spends none of the tenant's `ops_per_second`.
 
     Raises:
-        InvalidArgument: if a tenant or bucket name is invalid, or `buckets` is
-            None and the engine cannot list buckets (name them instead).
+        InvalidArgument: if a tenant or bucket name is invalid.
         BackendUnavailable: if the engine fails.
     """
     check_name("tenant", tenant)
@@ -305,17 +304,13 @@ class _QuotaPlan:
             QuotaExceeded: with the limit, the usage and what the import adds.
         """
         if self.add_keys > 0 and usage.keys + self.add_keys > quota.max_keys:
-            raise QuotaExceeded(
-                f"quota exceeded: max_keys is {quota.max_keys}, {usage.keys} in use and this import adds "
-                f"{self.add_keys}; nothing was written"
-            )
+            exc = quota_exceeded("max_keys", quota.max_keys, usage.keys, self.add_keys, what="this import")
+            raise QuotaExceeded(f"{exc}; nothing was written")
         peak = self.peak_bytes
         if peak is not None and usage.bytes + peak > quota.max_bytes:
             adds = f"{self.add_bytes}" if peak == self.add_bytes else f"{self.add_bytes} ({peak} part-way)"
-            raise QuotaExceeded(
-                f"quota exceeded: max_bytes is {quota.max_bytes}, {usage.bytes} in use and this import adds "
-                f"{adds}; nothing was written"
-            )
+            exc = quota_exceeded("max_bytes", quota.max_bytes, usage.bytes, adds, what="this import")
+            raise QuotaExceeded(f"{exc}; nothing was written")
 
     def _add(self, add_keys: int, add_bytes: int) -> None:
         self.add_keys += add_keys
@@ -333,12 +328,7 @@ def _growth(key: bytes, value: bytes, stored: int | None) -> tuple[int, int]:
 
 def _buckets_to_export(store: KvStore, tenant: str, buckets: Sequence[str] | None) -> list[str]:
     if buckets is None:
-        list_namespaces = getattr(store.engine, "namespaces", None)
-        if list_namespaces is None:
-            raise InvalidArgument(
-                f"this store's engine ({type(store.engine).__name__}) cannot list buckets: name the buckets to export"
-            )
-        return sorted({ns.bucket for ns in list_namespaces() if ns.tenant == tenant})
+        return store.engine.buckets(tenant)
     if isinstance(buckets, str):
         raise InvalidArgument(f"buckets must be a sequence of bucket names, not the single name {buckets!r}")
     # Sorted and unique, because an import requires records in (bucket, key) order.

@@ -59,7 +59,6 @@ __all__ = [
 
 #: Address space reserved for the data file; the file itself grows only as data is written.
 DEFAULT_MAP_SIZE_BYTES: Final = 64 * 1024**3
-_SWEEP_BATCH: Final = 1000
 _NO_TTL: Final = 0
 _BOX: Final = 2
 #: LMDB's compiled-in key limit (`mdb_env_get_maxkeysize`); checked when a store opens.
@@ -271,7 +270,10 @@ class LmdbStore:
         self.path = os.path.realpath(path)
         self._clock = clock
         self._closed = False
-        os.makedirs(self.path, exist_ok=True)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as exc:  # a file in the way, or no permission
+            raise BackendUnavailable(f"cannot open the store at {self.path}: {exc.strerror}") from exc
         with _registry_lock:
             entry = _registry.get(self.path)
             if entry is None:
@@ -387,17 +389,26 @@ class LmdbStore:
                 keys.append(key)
         return keys, False
 
-    def namespaces(self) -> list[Namespace]:
-        """Every (tenant, bucket) that holds at least one stored record, in byte order."""
-        found: list[Namespace] = []
+    def tenants(self) -> list[str]:
+        """Every tenant that has written to this store, in byte order (each keeps a usage record)."""
+        with self._read() as txn:
+            return [bytes(name).decode() for name in txn.cursor(db=self._usage).iternext(keys=True, values=False)]
+
+    def buckets(self, tenant: str) -> list[str]:
+        """The tenant's buckets that hold at least one stored record, in byte order."""
+        found: list[str] = []
+        start = tenant.encode() + b"\0"
         with self._read() as txn:
             cursor = txn.cursor()
-            position = cursor.first()
+            position = cursor.set_range(start)
             while position:
-                tenant, bucket, _ = bytes(cursor.key()).split(b"\0", 2)
-                found.append(Namespace(tenant.decode(), bucket.decode()))
-                # Skip the rest of this namespace: its keys all sort before tenant NUL bucket 0x01.
-                position = cursor.set_range(tenant + b"\0" + bucket + b"\1")
+                key = bytes(cursor.key())
+                if not key.startswith(start):
+                    break
+                bucket = key[len(start) :].split(b"\0", 1)[0]
+                found.append(bucket.decode())
+                # Skip the rest of this bucket: its keys all sort before tenant NUL bucket 0x01.
+                position = cursor.set_range(start + bucket + b"\1")
         return found
 
     def usage(self, tenant: str) -> Usage:
@@ -473,7 +484,7 @@ class LmdbStore:
 
         return self._mutate(ns, apply)
 
-    def sweep(self, limit: int = _SWEEP_BATCH) -> int:
+    def sweep(self, limit: int) -> int:
         """Reclaim up to `limit` expired keys across all tenants; the number reclaimed."""
         removed = 0
         with self._write() as txn:

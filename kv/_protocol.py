@@ -5,6 +5,10 @@ already validated every key, value and argument, checked the rate limit and
 turned keys into UTF-8 bytes; it passes the tenant's `Quota` to every write so
 that the engine can check it atomically with the write (under its own lock, or
 inside a server-side script). Engines raise only `KvError` subclasses.
+
+Every operation is required, including the housekeeping ones (`sweep`,
+`tenants`, `buckets`): an engine with nothing to sweep returns 0. Callers never
+probe an engine for what it can do.
 """
 
 from __future__ import annotations
@@ -55,6 +59,15 @@ class Store(Protocol):
     def usage(self, tenant: str) -> Usage:
         """The tenant's live keys and bytes, expired keys excluded."""
 
+    def sweep(self, limit: int) -> int:
+        """Reclaim up to `limit` expired keys now; the number reclaimed (0 when there is nothing to do)."""
+
+    def tenants(self) -> list[str]:
+        """Every tenant that has written to this store, in byte order."""
+
+    def buckets(self, tenant: str) -> list[str]:
+        """The tenant's buckets that hold at least one stored key, in byte order."""
+
     def close(self) -> None:
         """Release the engine; idempotent."""
 
@@ -102,6 +115,15 @@ class AsyncStore(Protocol):
 
     async def usage(self, tenant: str) -> Usage:
         """As `Store.usage`."""
+
+    async def sweep(self, limit: int) -> int:
+        """As `Store.sweep`."""
+
+    async def tenants(self) -> list[str]:
+        """As `Store.tenants`."""
+
+    async def buckets(self, tenant: str) -> list[str]:
+        """As `Store.buckets`."""
 
     async def aclose(self) -> None:
         """As `Store.close`."""

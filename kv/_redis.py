@@ -3,9 +3,11 @@
 Imported only by `KvStore.from_url` (and `kv.RedisStore`), so the embedded
 default never loads redis-py.
 
-Every write is one Lua script (EVALSHA) that reads, checks the tenant's quota,
-writes and updates the usage counters atomically on the server, so quotas are
-exact however many hosts write at once. Reads are plain commands.
+Every write is one Lua script (EVALSHA, see `kv._redis_scripts`) that reads,
+checks the tenant's quota, writes and updates the usage counters atomically on
+the server, so quotas are exact however many hosts write at once. Reads are
+plain commands. The URL, the client and the translation of driver errors live
+in `kv._redis_client`; the optional read cache wraps this engine (`kv._read_cache`).
 
 Key layout, for key prefix `P` (default `wkv`), tenant `T`, bucket `B`, key `K`
 (all of a tenant's keys share the hash tag `{T}`, so they live in one cluster
@@ -18,6 +20,8 @@ over several nodes; tenants spread over the cluster)::
     P:{T}:t       hash    "B:K" -> "<last live ms> <value bytes>" for every TTL'd key
     P:{T}:u       hash    keys, bytes: every stored record of the tenant, expired or not yet swept
     P:{T}:o:<id>  string  a write's result, kept `timeout_s` + 5 s, so a resent write runs once
+    P:{T}:b       set     the tenant's buckets that hold keys (kept by the write scripts)
+    P:tenants     set     every tenant that has written (outside any hash tag: it spans tenants)
 
 redis-py resends a command whose connection dropped (a failover, or its own
 topology refresh closing busy connections) although the server may already
@@ -43,23 +47,19 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import time
 from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, Final, TypeVar, cast
-from urllib.parse import unquote, urlsplit
 
-import cachetools
-import redis.asyncio
-import redis.exceptions
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
-from ._errors import BackendUnavailable, InvalidArgument, NotANumber, QuotaExceeded, ValueTooLarge
-from ._rules import Namespace, Quota, Usage, add_counter, check_name, parse_counter, prefix_end
+from . import _redis_scripts as lua
+from ._errors import BackendUnavailable, InvalidArgument, NotANumber, ValueTooLarge
+from ._redis_client import DRIVER_ERRORS, Client, check_timeout, connect, translate
+from ._rules import Namespace, Quota, Usage, add_counter, check_name, parse_counter, prefix_end, quota_exceeded
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",
-    "DEFAULT_READ_CACHE_MS",
     "DEFAULT_REDIS_TIMEOUT_S",
     "RedisStore",
 ]
@@ -68,302 +68,10 @@ __all__ = [
 DEFAULT_KEY_PREFIX: Final = "wkv"
 #: The most one operation (retries across a failover included) may take before `BackendUnavailable`.
 DEFAULT_REDIS_TIMEOUT_S: Final = 2.0
-#: Staleness bound of the optional read cache, when `read_cache_size` turns it on.
-DEFAULT_READ_CACHE_MS: Final = 50
 #: How much longer than `timeout_s` a write's record (its exactly-once guard) stays on the server.
 _OP_RECORD_MARGIN_MS: Final = 5000
-#: Expired keys one `sweep()` call reclaims at most, so a sweep never blocks Redis for long.
-_SWEEP_BATCH: Final = 1000
 
 T = TypeVar("T")
-Client = redis.asyncio.Redis | RedisCluster
-
-# Script result codes; the store turns them into the same errors, with the same words, as the local engine.
-_OK: Final = 0
-_QUOTA: Final = 1
-_NOT_A_NUMBER: Final = 2
-_OVERFLOW: Final = 3
-_TOO_LARGE: Final = 4
-_MISS: Final = object()
-
-# Shared by every tenant script. KEYS: usage hash, expiry zset, ttl hash, and for writes the operation's
-# record "P:{T}:o:<id>"; ARGV[1]: the tenant's key base "P:{T}:". OP_RECORD_TTL_MS is filled in per store.
-_PREAMBLE = r"""
-local base = ARGV[1]
-local usage_key, expiry_key, ttl_key, op_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
--- The driver resends a command whose connection dropped, though the server may have run it; a write
--- that already ran answers from its record instead of running twice.
-if op_key then
-  local done = redis.call('GET', op_key)
-  if done then return cmsgpack.unpack(done) end
-end
-local function finish(result)
-  redis.call('SET', op_key, cmsgpack.pack(result), 'PX', OP_RECORD_TTL_MS)
-  return result
-end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local add_keys, add_bytes = 0, 0
-
--- Integers go to Redis as plain decimal text; Lua's default would use exponents past 1e14.
-local function num(n) return string.format('%.0f', n) end
-
--- What is stored for member "B:K": value bytes (nil if nothing), whether it is live now, and its
--- last live ms (nil if no TTL). A TTL'd record is judged by the ttl hash, as Redis may have dropped it.
-local function stored(member)
-  local info = redis.call('HGET', ttl_key, member)
-  if info then
-    local deadline, size = string.match(info, '^(%d+) (%d+)$')
-    deadline = tonumber(deadline)
-    return tonumber(size), deadline >= now, deadline
-  end
-  local d = base .. 'd:' .. member
-  local size = redis.call('STRLEN', d)
-  if size > 0 or redis.call('EXISTS', d) == 1 then return size, true, nil end
-  return nil, false, nil
-end
-
-local function plan_put(member, key, value)
-  local size = stored(member)
-  if size == nil then
-    add_keys = add_keys + 1
-    add_bytes = add_bytes + #key + #value
-  else
-    add_bytes = add_bytes + #value - size
-  end
-end
-
-local function put(bucket, key, member, value, deadline)
-  local d = base .. 'd:' .. member
-  if deadline then
-    redis.call('SET', d, value, 'PXAT', num(deadline))
-    redis.call('ZADD', expiry_key, num(deadline), member)
-    redis.call('HSET', ttl_key, member, num(deadline) .. ' ' .. #value)
-  else
-    redis.call('SET', d, value)
-    if redis.call('HDEL', ttl_key, member) == 1 then redis.call('ZREM', expiry_key, member) end
-  end
-  redis.call('ZADD', base .. 'i:' .. bucket, 0, key)
-end
-
-local function remove(bucket, key, member)
-  local size, live = stored(member)
-  if size == nil then return false end
-  redis.call('DEL', base .. 'd:' .. member)
-  redis.call('ZREM', base .. 'i:' .. bucket, key)
-  if redis.call('HDEL', ttl_key, member) == 1 then redis.call('ZREM', expiry_key, member) end
-  add_keys = add_keys - 1
-  add_bytes = add_bytes - #key - size
-  return live
-end
-
--- Drop up to `limit` (nil: all) of the tenant's expired records, with their usage.
-local function sweep(limit)
-  local members
-  if limit then
-    members = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', '(' .. num(now), 'LIMIT', 0, limit)
-  else
-    members = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', '(' .. num(now))
-  end
-  local bytes = 0
-  for _, member in ipairs(members) do
-    local sep = string.find(member, ':', 1, true)
-    local bucket, key = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
-    local info = redis.call('HGET', ttl_key, member)
-    if info then bytes = bytes + #key + tonumber(string.match(info, ' (%d+)$')) end
-    redis.call('DEL', base .. 'd:' .. member)
-    redis.call('ZREM', base .. 'i:' .. bucket, key)
-    redis.call('HDEL', ttl_key, member)
-    redis.call('ZREM', expiry_key, member)
-  end
-  if #members > 0 then
-    redis.call('HINCRBY', usage_key, 'keys', -#members)
-    redis.call('HINCRBY', usage_key, 'bytes', num(-bytes))
-  end
-  return #members
-end
-
-local function over(max_keys, max_bytes)
-  local u = redis.call('HMGET', usage_key, 'keys', 'bytes')
-  local keys, bytes = tonumber(u[1] or 0), tonumber(u[2] or 0)
-  if (add_keys > 0 and keys + add_keys > max_keys) or (add_bytes > 0 and bytes + add_bytes > max_bytes) then
-    return {1, keys, bytes, add_keys, add_bytes}
-  end
-  return nil
-end
-
--- Plan with `plan`, check the quota; on failure sweep the tenant's expired records and decide again,
--- as usage counts expired records too. `plan` changes nothing, so it can run twice.
-local function charge(plan, max_keys, max_bytes)
-  add_keys, add_bytes = 0, 0
-  plan()
-  local err = over(max_keys, max_bytes)
-  if err and sweep(nil) > 0 then
-    add_keys, add_bytes = 0, 0
-    plan()
-    err = over(max_keys, max_bytes)
-  end
-  return err
-end
-
-local function commit_usage()
-  if add_keys ~= 0 then redis.call('HINCRBY', usage_key, 'keys', add_keys) end
-  if add_bytes ~= 0 then redis.call('HINCRBY', usage_key, 'bytes', num(add_bytes)) end
-end
-"""
-
-# ARGV: base, bucket, key, value, ttl_ms ('' = none), max_keys, max_bytes.
-_SET = r"""
-local bucket, key, value = ARGV[2], ARGV[3], ARGV[4]
-local member = bucket .. ':' .. key
-local err = charge(function() plan_put(member, key, value) end, tonumber(ARGV[6]), tonumber(ARGV[7]))
-if err then return err end
-local deadline = nil
-if ARGV[5] ~= '' then deadline = now + tonumber(ARGV[5]) - 1 end
-put(bucket, key, member, value, deadline)
-commit_usage()
-return finish({0})
-"""
-
-# ARGV: base, bucket, max_keys, max_bytes, key1, value1, key2, value2, ... (keys distinct).
-_SET_MANY = r"""
-local bucket = ARGV[2]
-local function plan()
-  for i = 5, #ARGV, 2 do plan_put(bucket .. ':' .. ARGV[i], ARGV[i], ARGV[i + 1]) end
-end
-local err = charge(plan, tonumber(ARGV[3]), tonumber(ARGV[4]))
-if err then return err end
-for i = 5, #ARGV, 2 do put(bucket, ARGV[i], bucket .. ':' .. ARGV[i], ARGV[i + 1], nil) end
-commit_usage()
-return finish({0})
-"""
-
-# ARGV: base, bucket, key1, key2, ... (keys distinct). Returns {0, live keys removed}.
-_DELETE_MANY = r"""
-local bucket, live = ARGV[2], 0
-for i = 3, #ARGV do
-  if remove(bucket, ARGV[i], bucket .. ':' .. ARGV[i]) then live = live + 1 end
-end
-commit_usage()
-return finish({0, live})
-"""
-
-# Signed 64-bit decimal arithmetic: Lua numbers are doubles, exact only to 2^53, so a value is
-# carried as hi * 1e9 + lo, both parts with the value's sign and |lo| < 1e9, each exact in a double.
-# ARGV: base, bucket, key, delta, max_keys, max_bytes, max_value_bytes. Returns {0, new value}.
-_INCREMENT = r"""
-local HI_MAX, LO_MAX, LO_MIN = 9223372036, 854775807, -854775808
-local function out_of_range(hi, lo)
-  return hi > HI_MAX or (hi == HI_MAX and lo > LO_MAX) or hi < -HI_MAX or (hi == -HI_MAX and lo < LO_MIN)
-end
-local function parse(s)
-  local sign, digits = string.match(s, '^(%-?)(%d+)$')
-  if not digits or #digits > 19 then return nil end
-  local lo = tonumber(string.sub(digits, -9))
-  local hi = 0
-  if #digits > 9 then hi = tonumber(string.sub(digits, 1, -10)) end
-  if sign == '-' then hi, lo = -hi, -lo end
-  if out_of_range(hi, lo) then return nil end
-  return hi, lo
-end
-local function add(ah, al, bh, bl)
-  local hi, lo = ah + bh, al + bl
-  if lo >= 1e9 then lo = lo - 1e9; hi = hi + 1 elseif lo <= -1e9 then lo = lo + 1e9; hi = hi - 1 end
-  if hi > 0 and lo < 0 then hi = hi - 1; lo = lo + 1e9 elseif hi < 0 and lo > 0 then hi = hi + 1; lo = lo - 1e9 end
-  return hi, lo
-end
-local function format(hi, lo)
-  local text
-  if hi ~= 0 then text = string.format('%.0f%09.0f', math.abs(hi), math.abs(lo)) else text = num(math.abs(lo)) end
-  if hi < 0 or lo < 0 then text = '-' .. text end
-  return text
-end
-
-local bucket, key = ARGV[2], ARGV[3]
-local member = bucket .. ':' .. key
-local _, live, deadline = stored(member)
-local current = nil
-local hi, lo = 0, 0
-if live then
-  current = redis.call('GET', base .. 'd:' .. member)
-  hi, lo = parse(current)
-  if hi == nil then return {2, current} end
-else
-  deadline = nil
-end
-local dh, dl = parse(ARGV[4])
-hi, lo = add(hi, lo, dh, dl)
-if out_of_range(hi, lo) then return {3, current or '0'} end
-local value = format(hi, lo)
-if #value > tonumber(ARGV[7]) then return {4, #value} end
-local err = charge(function() plan_put(member, key, value) end, tonumber(ARGV[5]), tonumber(ARGV[6]))
-if err then return err end
-put(bucket, key, member, value, deadline)
-commit_usage()
-return finish({0, value})
-"""
-
-# ARGV: base, bucket, key, has_expected ('0'/'1'), expected, new, max_keys, max_bytes. Returns {0, 1 if swapped}.
-_COMPARE_AND_SWAP = r"""
-local bucket, key, new = ARGV[2], ARGV[3], ARGV[6]
-local member = bucket .. ':' .. key
-local size, live = stored(member)
-if ARGV[4] == '1' then
-  local expected = ARGV[5]
-  if not live or size ~= #expected or redis.call('GET', base .. 'd:' .. member) ~= expected then return {0, 0} end
-elseif live then
-  return {0, 0}
-end
-local err = charge(function() plan_put(member, key, new) end, tonumber(ARGV[7]), tonumber(ARGV[8]))
-if err then return err end
-put(bucket, key, member, new, nil)
-commit_usage()
-return finish({0, 1})
-"""
-
-# ARGV: base. Sweeps every expired record of the tenant, then returns {0, keys, bytes}.
-_USAGE = r"""
-sweep(nil)
-local u = redis.call('HMGET', usage_key, 'keys', 'bytes')
-return {0, tonumber(u[1] or 0), tonumber(u[2] or 0)}
-"""
-
-# ARGV: base, limit. Returns {0, records reclaimed, TTL'd records left}.
-_SWEEP = r"""
-local removed = sweep(tonumber(ARGV[2]))
-return {0, removed, redis.call('ZCARD', expiry_key)}
-"""
-
-# A read: no preamble. KEYS[1]: the bucket's index; ARGV: data key prefix "P:{T}:d:B:", low, high, limit.
-# Stored keys are in the index until swept, so expired ones are skipped by asking Redis whether the value lives.
-_LIST = r"""
-local data, low, high, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local batch = limit + 1
-local out = {}
-while true do
-  local keys = redis.call('ZRANGEBYLEX', KEYS[1], low, high, 'LIMIT', 0, batch)
-  for _, key in ipairs(keys) do
-    if redis.call('EXISTS', data .. key) == 1 then
-      if #out == limit then return {out, 1} end
-      out[#out + 1] = key
-    end
-  end
-  if #keys < batch then return {out, 0} end
-  low = '(' .. keys[#keys]
-end
-"""
-
-
-def _check_timeout(timeout_s: object) -> float:
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s < float("inf"):
-        raise InvalidArgument(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    return float(timeout_s)
-
-
-def _check_count(name: str, value: object, minimum: int) -> int:
-    if type(value) is not int or value < minimum:
-        raise InvalidArgument(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 class RedisStore:
@@ -375,12 +83,7 @@ class RedisStore:
     failover included) and then raises `BackendUnavailable`.
 
     A client you pass must not decode responses (`decode_responses=False`, the default).
-
-    `read_cache_size > 0` turns on a per-store cache of `get` results for hot
-    keys: at most that many entries, each served for up to `read_cache_ms`.
-    That is weaker consistency: a host may read a value up to `read_cache_ms`
-    stale (another host's write, or an expiry); its own writes invalidate its
-    cache at once. Use one store from one event loop (`SyncBridge` does).
+    Use one store from one event loop (`SyncBridge` does).
 
     Raises:
         InvalidArgument: if an option is out of range or `key_prefix` is not a valid name.
@@ -392,39 +95,23 @@ class RedisStore:
         *,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         timeout_s: float = DEFAULT_REDIS_TIMEOUT_S,
-        read_cache_size: int = 0,
-        read_cache_ms: int = DEFAULT_READ_CACHE_MS,
         where: str | None = None,
     ) -> None:
         # A brace or colon in the prefix would move the hash tag or blur the layout; names are safe.
         check_name("key_prefix", key_prefix)
         self.client = client
         self.key_prefix = key_prefix
-        self.timeout_s = _check_timeout(timeout_s)
+        self.timeout_s = check_timeout(timeout_s)
         self.where = where or ("Redis Cluster" if isinstance(client, RedisCluster) else "Redis")
-        _check_count("read_cache_size", read_cache_size, 0)
-        _check_count("read_cache_ms", read_cache_ms, 1)
-        self._cache: cachetools.TTLCache[tuple[bytes, bytes], bytes | None] | None = None
-        if read_cache_size:
-            self._cache = cachetools.TTLCache(read_cache_size, read_cache_ms / 1000, timer=time.monotonic)
-        # Bumped by every write: a read that started before a write must not refill the cache after it.
-        self._cache_epoch = 0
         # Tenants this store gave TTL'd keys, with a counter of those writes, for `sweep()`.
         self._ttl_tenants: dict[str, int] = {}
+        # Tenants this store has recorded in the tenants set, so that each costs one SADD per store.
+        self._known_tenants: set[str] = set()
         self._closed = False
         self._ready = False
         self._init_lock = asyncio.Lock()
         # An operation's record must outlive every resend of it, which all happen within `timeout_s`.
-        preamble = _PREAMBLE.replace("OP_RECORD_TTL_MS", str(math.ceil(self.timeout_s * 1000) + _OP_RECORD_MARGIN_MS))
-        script = client.register_script
-        self._set = script(preamble + _SET)
-        self._set_many = script(preamble + _SET_MANY)
-        self._delete_many = script(preamble + _DELETE_MANY)
-        self._increment = script(preamble + _INCREMENT)
-        self._cas = script(preamble + _COMPARE_AND_SWAP)
-        self._usage = script(preamble + _USAGE)
-        self._sweep = script(preamble + _SWEEP)
-        self._list = script(_LIST)
+        self._scripts = lua.register(client, math.ceil(self.timeout_s * 1000) + _OP_RECORD_MARGIN_MS)
 
     @classmethod
     def from_url(
@@ -433,8 +120,6 @@ class RedisStore:
         *,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         timeout_s: float = DEFAULT_REDIS_TIMEOUT_S,
-        read_cache_size: int = 0,
-        read_cache_ms: int = DEFAULT_READ_CACHE_MS,
         max_connections: int = 100,
     ) -> RedisStore:
         """A store on `redis://[user:password@]host:port[/db]` or `redis+cluster://host:port[,host:port...]`.
@@ -444,49 +129,11 @@ class RedisStore:
         Raises:
             InvalidArgument: if the URL or an option is malformed.
         """
-        timeout_s = _check_timeout(timeout_s)
-        _check_count("max_connections", max_connections, 1)
-        # The driver gives up on one socket well inside our per-operation bound, so it can retry once.
-        socket_timeout = timeout_s / 2
-        parts = urlsplit(url)
-        client: Client
-        try:
-            if parts.scheme == "redis":
-                client = redis.asyncio.Redis.from_url(
-                    url,
-                    socket_timeout=socket_timeout,
-                    socket_connect_timeout=socket_timeout,
-                    max_connections=max_connections,
-                )
-                where = f"Redis at {parts.hostname}:{parts.port or 6379}"
-            elif parts.scheme == "redis+cluster":
-                nodes = [_parse_node(url, address) for address in parts.netloc.rpartition("@")[2].split(",")]
-                if parts.path not in ("", "/", "/0"):
-                    raise InvalidArgument(f"a Redis Cluster has only database 0, got {url!r}")
-                user, _, password = parts.netloc.rpartition("@")[0].partition(":")
-                client = RedisCluster(
-                    startup_nodes=[ClusterNode(host, port) for host, port in nodes],
-                    username=unquote(user) or None,
-                    password=unquote(password) or None,
-                    socket_timeout=socket_timeout,
-                    socket_connect_timeout=socket_timeout,
-                    max_connections=max_connections,
-                    # Serve the slots that are up while another node fails over.
-                    require_full_coverage=False,
-                )
-                where = "Redis Cluster at " + ",".join(f"{host}:{port}" for host, port in nodes)
-            else:
-                raise InvalidArgument(f"not a Redis URL (redis:// or redis+cluster://): {url!r}")
-        except (ValueError, redis.exceptions.RedisClusterException) as exc:
-            raise InvalidArgument(f"malformed Redis URL {url!r}: {exc}") from exc
-        return cls(
-            client,
-            key_prefix=key_prefix,
-            timeout_s=timeout_s,
-            read_cache_size=read_cache_size,
-            read_cache_ms=read_cache_ms,
-            where=where,
-        )
+        timeout_s = check_timeout(timeout_s)
+        if type(max_connections) is not int or max_connections < 1:
+            raise InvalidArgument(f"max_connections must be an int >= 1, got {max_connections!r}")
+        client, where = connect(url, timeout_s=timeout_s, max_connections=max_connections)
+        return cls(client, key_prefix=key_prefix, timeout_s=timeout_s, where=where)
 
     # -- key names -----------------------------------------------------------------------------
 
@@ -498,6 +145,9 @@ class RedisStore:
 
     def _tenant_keys(self, base: bytes) -> list[bytes]:
         return [base + b"u", base + b"x", base + b"t"]
+
+    def _tenants_key(self) -> bytes:
+        return f"{self.key_prefix}:tenants".encode()
 
     # -- the edge: every call to Redis goes through here ---------------------------------------
 
@@ -515,18 +165,8 @@ class RedisStore:
                         _discard(call)
                         raise
                 return await call
-        except TimeoutError as exc:
-            raise BackendUnavailable(f"{self.where} did not answer within {self.timeout_s:g} s") from exc
-        except redis.exceptions.TimeoutError as exc:
-            raise BackendUnavailable(
-                f"{self.where} did not answer in time (operation timeout {self.timeout_s:g} s): {exc}"
-            ) from exc
-        except redis.exceptions.ConnectionError as exc:
-            raise BackendUnavailable(f"{self.where} is unreachable: {exc}") from exc
-        except (redis.exceptions.ClusterError, redis.exceptions.RedisClusterException) as exc:
-            raise BackendUnavailable(f"{self.where} cannot serve: {exc}") from exc
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise BackendUnavailable(f"{self.where} failed: {exc}") from exc
+        except DRIVER_ERRORS as exc:
+            raise translate(self.where, self.timeout_s, exc) from exc
 
     async def _initialize(self) -> None:
         # Concurrent first calls on a cluster client that has no slot map yet go to random nodes, and the
@@ -541,31 +181,16 @@ class RedisStore:
         result: list[Any] = await self._guard(script(keys=keys, args=[base, *args]))
         return result
 
-    def _forget(self, ns: Namespace, keys: Sequence[bytes]) -> None:
-        self._cache_epoch += 1
-        if self._cache is not None:
-            for key in keys:
-                self._cache.pop((ns.prefix, key), None)
-
     # -- reads ---------------------------------------------------------------------------------
 
     async def get(self, ns: Namespace, key: bytes) -> bytes | None:
-        """The live value, or None (from the read cache when it is on and holds the key).
+        """The live value, or None.
 
         Raises:
             BackendUnavailable: if Redis is unreachable, fails, or does not answer within `timeout_s`.
         """
-        cache = self._cache
-        if cache is None:
-            return cast(bytes | None, await self._guard(self.client.get(self._data(ns, key))))
-        cached = cache.get((ns.prefix, key), _MISS)
-        if cached is not _MISS:
-            return cached  # type: ignore[return-value]
-        epoch = self._cache_epoch
-        value = cast(bytes | None, await self._guard(self.client.get(self._data(ns, key))))
-        if epoch == self._cache_epoch:
-            cache[(ns.prefix, key)] = value
-        return value
+        # The client never decodes responses, so strings come back as bytes.
+        return cast(bytes | None, await self._guard(self.client.get(self._data(ns, key))))
 
     async def get_many(self, ns: Namespace, keys: Sequence[bytes]) -> list[bytes | None]:
         """The live values, in the order of `keys` (one MGET: a tenant's keys share a slot).
@@ -575,8 +200,7 @@ class RedisStore:
         """
         if not keys:
             return []
-        values = await self._guard(self.client.mget([self._data(ns, key) for key in keys]))
-        return cast(list[bytes | None], values)
+        return cast(list[bytes | None], await self._guard(self.client.mget([self._data(ns, key) for key in keys])))
 
     async def exists(self, ns: Namespace, key: bytes) -> bool:
         """Whether the key is live.
@@ -612,7 +236,7 @@ class RedisStore:
         high_key = prefix_end(prefix)
         high = b"+" if high_key is None else b"(" + high_key
         keys, more = await self._guard(
-            self._list(keys=[base + b"i:" + bucket], args=[base + b"d:" + bucket + b":", low, high, limit])
+            self._scripts.list(keys=[base + b"i:" + bucket], args=[base + b"d:" + bucket + b":", low, high, limit])
         )
         return list(keys), bool(more)
 
@@ -623,27 +247,43 @@ class RedisStore:
             BackendUnavailable: as `get`.
         """
         base = self._base(tenant)
-        _, keys, size = await self._script(self._usage, base, self._tenant_keys(base), [])
+        _, keys, size = await self._script(self._scripts.usage, base, self._tenant_keys(base), [])
         return Usage(keys=int(keys), bytes=int(size))
+
+    async def tenants(self) -> list[str]:
+        """Every tenant that has written to this store (through this version of wasmkv), in byte order.
+
+        Raises:
+            BackendUnavailable: as `get`.
+        """
+        names = cast(set[bytes], await self._guard(self.client.smembers(self._tenants_key())))
+        return [name.decode() for name in sorted(names)]
+
+    async def buckets(self, tenant: str) -> list[str]:
+        """The tenant's buckets that hold at least one stored key, in byte order.
+
+        Raises:
+            BackendUnavailable: as `get`.
+        """
+        names = cast(set[bytes], await self._guard(self.client.smembers(self._base(tenant) + b"b")))
+        return [name.decode() for name in sorted(names)]
 
     # -- writes ----------------------------------------------------------------------------------
 
-    async def _write(self, script: AsyncScript, ns: Namespace, keys: Sequence[bytes], args: list[Any]) -> list[Any]:
+    async def _write(self, script: AsyncScript, ns: Namespace, args: list[Any]) -> list[Any]:
+        if ns.tenant not in self._known_tenants:
+            await self._guard(self.client.sadd(self._tenants_key(), ns.tenant))
+            self._known_tenants.add(ns.tenant)
         base = self._base(ns.tenant)
         op_key = base + b"o:" + os.urandom(12)
-        try:
-            return await self._script(script, base, [*self._tenant_keys(base), op_key], args)
-        finally:
-            # Even a write that timed out may have happened, so the cache forgets in every case.
-            self._forget(ns, keys)
+        return await self._script(script, base, [*self._tenant_keys(base), op_key], args)
 
     @staticmethod
     def _raise_quota(quota: Quota, result: list[Any]) -> None:
         _, keys, size, add_keys, add_bytes = (int(n) for n in result)
+        # The script judged these same figures, so the check raises; the line after it is a backstop.
         quota.check(Usage(keys=keys, bytes=size), add_keys, add_bytes)
-        raise QuotaExceeded(
-            f"quota exceeded: {keys} keys, {size} bytes in use and this write adds {add_keys}, {add_bytes}"
-        )
+        raise quota_exceeded("max_keys", quota.max_keys, keys, add_keys)
 
     async def set(self, ns: Namespace, key: bytes, value: bytes, ttl_ms: int | None, quota: Quota) -> None:
         """Store a value, replacing any TTL with `ttl_ms`.
@@ -655,8 +295,8 @@ class RedisStore:
         if ttl_ms is not None:
             self._ttl_tenants[ns.tenant] = self._ttl_tenants.get(ns.tenant, 0) + 1
         args = [ns.bucket, key, value, "" if ttl_ms is None else ttl_ms, quota.max_keys, quota.max_bytes]
-        result = await self._write(self._set, ns, (key,), args)
-        if result[0] == _QUOTA:
+        result = await self._write(self._scripts.set, ns, args)
+        if result[0] == lua.QUOTA:
             self._raise_quota(quota, result)
 
     async def set_many(self, ns: Namespace, items: Sequence[tuple[bytes, bytes]], quota: Quota) -> None:
@@ -672,8 +312,8 @@ class RedisStore:
         args: list[Any] = [ns.bucket, quota.max_keys, quota.max_bytes]
         for key, value in final.items():
             args += (key, value)
-        result = await self._write(self._set_many, ns, list(final), args)
-        if result[0] == _QUOTA:
+        result = await self._write(self._scripts.set_many, ns, args)
+        if result[0] == lua.QUOTA:
             self._raise_quota(quota, result)
 
     async def delete(self, ns: Namespace, key: bytes) -> bool:
@@ -693,7 +333,7 @@ class RedisStore:
         unique = list(dict.fromkeys(keys))
         if not unique:
             return 0
-        result = await self._write(self._delete_many, ns, unique, [ns.bucket, *unique])
+        result = await self._write(self._scripts.delete_many, ns, [ns.bucket, *unique])
         return int(result[1])
 
     async def increment(self, ns: Namespace, key: bytes, delta: int, quota: Quota) -> int:
@@ -706,16 +346,16 @@ class RedisStore:
             QuotaExceeded, BackendUnavailable: as `set`.
         """
         args = [ns.bucket, key, delta, quota.max_keys, quota.max_bytes, quota.max_value_bytes]
-        result = await self._write(self._increment, ns, (key,), args)
+        result = await self._write(self._scripts.increment, ns, args)
         code = result[0]
-        if code == _OK:
+        if code == lua.OK:
             return int(result[1])
-        if code == _NOT_A_NUMBER:
+        if code == lua.NOT_A_NUMBER:
             parse_counter(bytes(result[1]))  # raises NotANumber with the local engine's words
             raise NotANumber(f"value is not a signed 64-bit decimal integer: {bytes(result[1])[:40]!r}")
-        if code == _OVERFLOW:
+        if code == lua.OVERFLOW:
             add_counter(parse_counter(bytes(result[1])), delta)  # raises IntegerOverflow likewise
-        if code == _TOO_LARGE:
+        if code == lua.TOO_LARGE:
             raise ValueTooLarge(f"value is {result[1]} bytes, over max_value_bytes {quota.max_value_bytes}")
         self._raise_quota(quota, result)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -730,12 +370,12 @@ class RedisStore:
         """
         flag, wanted = ("0", b"") if expected is None else ("1", expected)
         args = [ns.bucket, key, flag, wanted, new, quota.max_keys, quota.max_bytes]
-        result = await self._write(self._cas, ns, (key,), args)
-        if result[0] == _QUOTA:
+        result = await self._write(self._scripts.compare_and_swap, ns, args)
+        if result[0] == lua.QUOTA:
             self._raise_quota(quota, result)
         return bool(result[1])
 
-    async def sweep(self, limit: int = _SWEEP_BATCH) -> int:
+    async def sweep(self, limit: int) -> int:
         """Reclaim up to `limit` expired keys of the tenants this store wrote TTLs for; the number reclaimed.
 
         Redis frees expired values itself; this drops their index entries and
@@ -748,7 +388,7 @@ class RedisStore:
         removed = 0
         for tenant, writes in list(self._ttl_tenants.items()):
             base = self._base(tenant)
-            _, count, left = await self._script(self._sweep, base, self._tenant_keys(base), [limit - removed])
+            _, count, left = await self._script(self._scripts.sweep, base, self._tenant_keys(base), [limit - removed])
             removed += int(count)
             # Forget the tenant only if no TTL write for it started meanwhile.
             if not left and self._ttl_tenants.get(tenant) == writes:
@@ -769,10 +409,3 @@ def _discard(call: Awaitable[Any]) -> None:
     # A call that will never be awaited is closed, or Python warns about it when it is collected.
     if isinstance(call, Coroutine):
         call.close()
-
-
-def _parse_node(url: str, address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidArgument(f"malformed Redis Cluster URL {url!r}: expected host:port, got {address!r}")
-    return host.strip("[]"), int(port)

@@ -84,13 +84,14 @@ class Quota:
             QuotaExceeded: if a growing dimension would end past its limit.
         """
         if add_keys > 0 and usage.keys + add_keys > self.max_keys:
-            raise QuotaExceeded(
-                f"quota exceeded: max_keys is {self.max_keys}, {usage.keys} in use and this write adds {add_keys}"
-            )
+            raise quota_exceeded("max_keys", self.max_keys, usage.keys, add_keys)
         if add_bytes > 0 and usage.bytes + add_bytes > self.max_bytes:
-            raise QuotaExceeded(
-                f"quota exceeded: max_bytes is {self.max_bytes}, {usage.bytes} in use and this write adds {add_bytes}"
-            )
+            raise quota_exceeded("max_bytes", self.max_bytes, usage.bytes, add_bytes)
+
+
+def quota_exceeded(field: str, limit: int, used: int, adds: object, *, what: str = "this write") -> QuotaExceeded:
+    """The error for `what` taking quota `field` past `limit`: one wording for every engine, write and import."""
+    return QuotaExceeded(f"quota exceeded: {field} is {limit}, {used} in use and {what} adds {adds}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
-from ._bridge import SyncBridge
+from ._backends import BACKENDS, backend_for, check_options
 from ._errors import BackendUnavailable, InvalidArgument
-from ._lmdb import LmdbStore
 from ._protocol import Store
 from ._rules import (
     DEFAULT_LIST_LIMIT,
@@ -47,19 +44,13 @@ __all__ = [
 
 #: How often the background sweeper reclaims the space of expired keys.
 DEFAULT_SWEEP_INTERVAL_S: Final = 1.0
+#: Expired keys one engine `sweep` call reclaims at most, so a sweep never holds the engine for long.
+_SWEEP_BATCH: Final = 1000
 
 Key = str | bytes
 """A key: a str, or its UTF-8 bytes (as plugins pass them)."""
 
 _log = logging.getLogger("wasmkv.kv")
-
-_LOCAL_OPTIONS: Final = frozenset({"fsync", "clock", "sweep_interval_s"})
-_MEMORY_OPTIONS: Final = frozenset({"clock", "sweep_interval_s"})
-_REDIS_OPTIONS: Final = frozenset(
-    {"timeout_s", "read_cache_size", "read_cache_ms", "key_prefix", "max_connections", "sweep_interval_s"}
-)
-#: How much longer than a Redis store's own operation timeout the sync bridge waits before giving up.
-_BRIDGE_GRACE_S: Final = 1.0
 
 
 def _batch_fast_path(keys: list[Key], max_key_bytes: int) -> list[bytes] | None:
@@ -115,10 +106,9 @@ class KvStore:
         self._closed = threading.Event()
         self._on_close = on_close
         self._sweeper: threading.Thread | None = None
-        sweep = getattr(engine, "sweep", None)
-        if sweep is not None and sweep_interval_s is not None:
+        if sweep_interval_s is not None:
             self._sweeper = threading.Thread(
-                target=self._sweep_forever, args=(sweep, sweep_interval_s), name="kv-sweeper", daemon=True
+                target=self._sweep_forever, args=(sweep_interval_s,), name="kv-sweeper", daemon=True
             )
             self._sweeper.start()
 
@@ -139,7 +129,7 @@ class KvStore:
         Raises:
             BackendUnavailable: if the directory cannot be opened as a store.
         """
-        return cls(LmdbStore(path, fsync=fsync, clock=clock), clock=clock, sweep_interval_s=sweep_interval_s)
+        return cls._opened("lmdb", os.fspath(path), {"fsync": fsync}, clock, sweep_interval_s)
 
     @classmethod
     def memory(cls, *, clock: Clock = time.time, sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S) -> KvStore:
@@ -149,78 +139,44 @@ class KvStore:
         filesystem (`/dev/shm` where there is one), so it behaves exactly like
         a durable store.
         """
-        shm = "/dev/shm"
-        directory = tempfile.mkdtemp(prefix="wasmkv-", dir=shm if os.path.isdir(shm) else None)
-        try:
-            engine = LmdbStore(directory, clock=clock)
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        return cls(
-            engine,
-            clock=clock,
-            sweep_interval_s=sweep_interval_s,
-            on_close=lambda: shutil.rmtree(directory, ignore_errors=True),
-        )
+        return cls._opened("memory", "", {}, clock, sweep_interval_s)
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> KvStore:
-        """Open the store a URL names; the one place that knows every backend.
+    def from_url(
+        cls,
+        url: str,
+        *,
+        clock: Clock = time.time,
+        sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S,
+        **options: Any,
+    ) -> KvStore:
+        """Open the store a URL names (see `kv.BACKENDS` for every backend and its options).
 
-        - a plain path or `lmdb:///abs/path`: `KvStore.open` (options `fsync`, `clock`, `sweep_interval_s`)
-        - `memory:`: `KvStore.memory` (options `clock`, `sweep_interval_s`)
+        - a plain path or `lmdb:///abs/path`: `KvStore.open` (option `fsync`)
+        - `memory:`: `KvStore.memory`
         - `redis://host:port/db`: one Redis node
         - `redis+cluster://host:port[,host:port...]`: a Redis Cluster, any nodes as startup nodes
 
         Redis options: `timeout_s` (per operation, default 2 s), `read_cache_size`
-        (0 = off), `read_cache_ms`, `key_prefix`, `max_connections`,
-        `sweep_interval_s`. redis-py is imported only for a Redis URL.
+        (0 = off), `read_cache_ms`, `key_prefix`, `max_connections`.
+        redis-py is imported only for a Redis URL. `clock` is honoured by the
+        embedded engine; a server expires keys by its own clock.
 
         Raises:
-            InvalidArgument: if the URL scheme is unknown, the URL malformed or an option unknown.
+            InvalidArgument: if the URL scheme is unknown, the URL malformed or an option unknown or invalid.
             BackendUnavailable: if a local store cannot be opened (Redis connects lazily:
                 its first operation reports an unreachable server).
         """
-        if not isinstance(url, str):
-            raise InvalidArgument(f"store URL must be a str, got {type(url).__name__}")
-        scheme, sep, rest = url.partition(":")
-        if not sep or "/" in scheme or len(scheme) == 1:  # no scheme, a relative path, or a Windows drive
-            return cls._from_options("path", options, lambda **kw: cls.open(url, **kw), _LOCAL_OPTIONS)
-        if scheme == "lmdb":
-            path = rest.removeprefix("//")
-            if not path.startswith("/"):
-                raise InvalidArgument(f"an lmdb URL needs an absolute path (lmdb:///abs/path), got {url!r}")
-            return cls._from_options("lmdb", options, lambda **kw: cls.open(path, **kw), _LOCAL_OPTIONS)
-        if scheme == "memory":
-            if rest.strip("/"):
-                raise InvalidArgument(f"a memory URL takes no path (memory:), got {url!r}")
-            return cls._from_options("memory", options, cls.memory, _MEMORY_OPTIONS)
-        if scheme in ("redis", "redis+cluster"):
-            return cls._from_options(scheme, options, lambda **kw: cls._redis(url, **kw), _REDIS_OPTIONS)
-        raise InvalidArgument(
-            f"unknown store URL scheme {scheme!r} in {url!r}: use a path, lmdb://, memory:, redis:// or redis+cluster://"
-        )
+        backend, location = backend_for(url)
+        opened = backend.open(location, check_options(backend, options), clock)
+        return cls(opened.engine, clock=clock, sweep_interval_s=sweep_interval_s, on_close=opened.on_close)
 
     @classmethod
-    def _from_options(
-        cls, kind: str, options: dict[str, Any], factory: Callable[..., KvStore], allowed: frozenset[str]
+    def _opened(
+        cls, scheme: str, location: str, options: dict[str, Any], clock: Clock, sweep_interval_s: float | None
     ) -> KvStore:
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise InvalidArgument(f"unknown option(s) for a {kind} store: {', '.join(unknown)}")
-        return factory(**options)
-
-    @classmethod
-    def _redis(
-        cls, url: str, *, sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S, **redis_options: Any
-    ) -> KvStore:
-        # Imported here so that the embedded default never loads redis-py.
-        from ._redis import RedisStore  # noqa: PLC0415
-
-        engine = RedisStore.from_url(url, **redis_options)
-        # The bridge is a backstop over the store's own per-operation timeout: it only fires if the loop is stuck.
-        bridge = SyncBridge(engine, timeout_s=engine.timeout_s + _BRIDGE_GRACE_S)
-        return cls(bridge, sweep_interval_s=sweep_interval_s)
+        opened = BACKENDS[scheme].open(location, options, clock)
+        return cls(opened.engine, clock=clock, sweep_interval_s=sweep_interval_s, on_close=opened.on_close)
 
     def tenant(self, name: str, quota: Quota | None = None) -> Tenant:
         """The tenant called `name`, with `quota` (or the default `Quota()`).
@@ -244,11 +200,9 @@ class KvStore:
 
     def sweep(self) -> int:
         """Reclaim expired keys now (the background sweeper does this every second); the number reclaimed."""
-        sweep = getattr(self.engine, "sweep", None)
         total = 0
-        if sweep is not None:
-            while count := sweep():
-                total += count
+        while count := self.engine.sweep(_SWEEP_BATCH):
+            total += count
         return total
 
     def close(self) -> None:
@@ -273,10 +227,10 @@ class KvStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _sweep_forever(self, sweep: Callable[[], int], interval_s: float) -> None:
+    def _sweep_forever(self, interval_s: float) -> None:
         while not self._closed.wait(interval_s):
             try:
-                while sweep() and not self._closed.is_set():
+                while self.engine.sweep(_SWEEP_BATCH) and not self._closed.is_set():
                     pass
             except BackendUnavailable as exc:
                 _log.warning("expired-key sweep failed: %s", exc)

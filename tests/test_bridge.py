@@ -93,13 +93,20 @@ class SlowStore:
         await self._pause()
         return kv.Usage(keys=len(self.data), bytes=sum(len(k) + len(v) for k, v in self.data.items()))
 
+    async def sweep(self, limit: int) -> int:
+        await self._pause()
+        return min(limit, 3)
+
+    async def tenants(self) -> list[str]:
+        await self._pause()
+        return ["acme"] if self.data else []
+
+    async def buckets(self, tenant: str) -> list[str]:
+        await self._pause()
+        return ["default"] if self.data and tenant == "acme" else []
+
     async def aclose(self) -> None:
         self.closed += 1
-
-
-class SweepingStore(SlowStore):
-    async def sweep(self) -> int:
-        return 3
 
 
 def test_the_bridge_is_a_store_and_passes_every_call_through() -> None:
@@ -117,6 +124,10 @@ def test_the_bridge_is_a_store_and_passes_every_call_through() -> None:
         assert bridge.delete(NS, b"a") is True
         assert bridge.delete_many(NS, [b"b", b"c", b"zz"]) == 2
         assert bridge.usage("acme") == kv.Usage(keys=1, bytes=2)
+        assert bridge.sweep(2) == 2
+        assert bridge.tenants() == ["acme"]
+        assert bridge.buckets("acme") == ["default"]
+        assert bridge.buckets("other") == []
 
 
 def test_a_store_error_reaches_the_caller_unchanged() -> None:
@@ -201,13 +212,6 @@ def test_close_ends_calls_in_flight_promptly() -> None:
     caller.join(5)
     assert time.monotonic() - started < 2
     assert len(errors) == 1 and isinstance(errors[0], kv.BackendUnavailable)
-
-
-def test_sweep_is_forwarded_only_when_the_async_store_has_one() -> None:
-    with kv.SyncBridge(SlowStore()) as plain:
-        assert getattr(plain, "sweep", None) is None
-    with kv.SyncBridge(SweepingStore()) as sweeping:
-        assert sweeping.sweep() == 3
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "1", True], ids=repr)

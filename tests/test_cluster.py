@@ -304,11 +304,17 @@ def test_every_key_of_a_tenant_lives_in_one_slot() -> None:
         tenant.bucket("b").increment("n")
     master = servers.master_of("{acme}")
     with master.client() as conn:
-        names = list(conn.scan_iter(match=f"{prefix}:*", count=1000))
+        names = list(conn.scan_iter(match=f"{prefix}:{{acme}}:*", count=1000))
         slots = {conn.execute_command("CLUSTER", "KEYSLOT", name) for name in names}
-    # values, the usage hash, expiry zset and ttl hash, two bucket indexes, three write records
-    assert len(names) == 52 + 3 + 2 + 3
+    # values, the usage hash, expiry zset and ttl hash, two bucket indexes, the bucket set, three write records
+    assert len(names) == 52 + 3 + 2 + 1 + 3
     assert slots == {_slot_of("acme", servers)}
+    # The one key outside any tenant's slot is the set of tenant names.
+    every: set[bytes] = set()
+    for node in servers.live_nodes():
+        with node.client() as conn:
+            every.update(conn.scan_iter(match=f"{prefix}:*", count=1000))
+    assert sorted(every - set(names)) == [f"{prefix}:tenants".encode()]
 
 
 def _slot_of(tenant: str, servers: _servers.RedisClusterServers) -> int:

@@ -1,0 +1,149 @@
+"""`ReadCache`: a bounded, short-lived cache of `get` results in front of any `AsyncStore`.
+
+A consistency policy, not storage, so it wraps an engine rather than living in
+one: the engine contract runs over it like over any engine. A host may read a
+value up to `max_age_ms` stale (another host's write, or an expiry); its own
+writes through this wrapper invalidate the keys they touch at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Final
+
+import cachetools
+
+from ._errors import InvalidArgument
+from ._protocol import AsyncStore
+from ._rules import Namespace, Quota, Usage
+
+__all__ = ["DEFAULT_READ_CACHE_MS", "ReadCache"]
+
+#: Staleness bound of the read cache, unless `max_age_ms` says otherwise.
+DEFAULT_READ_CACHE_MS: Final = 50
+_MISS: Final = object()
+
+
+class ReadCache:
+    """An `AsyncStore` that serves hot `get`s from memory, at most `size` entries for at most `max_age_ms` each.
+
+    Use it from one event loop (`SyncBridge` does): it takes no locks.
+
+    Raises:
+        InvalidArgument: if `size` or `max_age_ms` is not a positive int.
+    """
+
+    def __init__(self, engine: AsyncStore, *, size: int, max_age_ms: int = DEFAULT_READ_CACHE_MS) -> None:
+        for name, value in (("read_cache_size", size), ("read_cache_ms", max_age_ms)):
+            if type(value) is not int or value < 1:
+                raise InvalidArgument(f"{name} must be an int >= 1, got {value!r}")
+        self.engine = engine
+        self._cache: cachetools.TTLCache[tuple[bytes, bytes], bytes | None] = cachetools.TTLCache(
+            size, max_age_ms / 1000, timer=time.monotonic
+        )
+        # Bumped by every write: a read that started before a write must not refill the cache after it.
+        self._epoch = 0
+
+    def _forget(self, ns: Namespace, keys: Sequence[bytes]) -> None:
+        self._epoch += 1
+        for key in keys:
+            self._cache.pop((ns.prefix, key), None)
+
+    async def get(self, ns: Namespace, key: bytes) -> bytes | None:
+        """The live value, or None; from the cache when it holds the key."""
+        cached = self._cache.get((ns.prefix, key), _MISS)
+        if cached is not _MISS:
+            return cached  # type: ignore[return-value]
+        epoch = self._epoch
+        value = await self.engine.get(ns, key)
+        if epoch == self._epoch:
+            self._cache[(ns.prefix, key)] = value
+        return value
+
+    # Writes: even one that failed or timed out may have happened, so the cache forgets in every case.
+
+    async def set(self, ns: Namespace, key: bytes, value: bytes, ttl_ms: int | None, quota: Quota) -> None:
+        """As `Store.set`; forgets the key."""
+        try:
+            await self.engine.set(ns, key, value, ttl_ms, quota)
+        finally:
+            self._forget(ns, (key,))
+
+    async def set_many(self, ns: Namespace, items: Sequence[tuple[bytes, bytes]], quota: Quota) -> None:
+        """As `Store.set_many`; forgets the keys."""
+        try:
+            await self.engine.set_many(ns, items, quota)
+        finally:
+            self._forget(ns, [key for key, _ in items])
+
+    async def delete(self, ns: Namespace, key: bytes) -> bool:
+        """As `Store.delete`; forgets the key."""
+        try:
+            return await self.engine.delete(ns, key)
+        finally:
+            self._forget(ns, (key,))
+
+    async def delete_many(self, ns: Namespace, keys: Sequence[bytes]) -> int:
+        """As `Store.delete_many`; forgets the keys."""
+        try:
+            return await self.engine.delete_many(ns, keys)
+        finally:
+            self._forget(ns, keys)
+
+    async def increment(self, ns: Namespace, key: bytes, delta: int, quota: Quota) -> int:
+        """As `Store.increment`; forgets the key."""
+        try:
+            return await self.engine.increment(ns, key, delta, quota)
+        finally:
+            self._forget(ns, (key,))
+
+    async def compare_and_swap(
+        self, ns: Namespace, key: bytes, expected: bytes | None, new: bytes, quota: Quota
+    ) -> bool:
+        """As `Store.compare_and_swap`; forgets the key."""
+        try:
+            return await self.engine.compare_and_swap(ns, key, expected, new, quota)
+        finally:
+            self._forget(ns, (key,))
+
+    # Everything else reads through: listings, TTLs and batches are not cached.
+
+    async def get_many(self, ns: Namespace, keys: Sequence[bytes]) -> list[bytes | None]:
+        """As `Store.get_many`, uncached."""
+        return await self.engine.get_many(ns, keys)
+
+    async def exists(self, ns: Namespace, key: bytes) -> bool:
+        """As `Store.exists`, uncached."""
+        return await self.engine.exists(ns, key)
+
+    async def ttl(self, ns: Namespace, key: bytes) -> int | None:
+        """As `Store.ttl`, uncached."""
+        return await self.engine.ttl(ns, key)
+
+    async def list_keys(
+        self, ns: Namespace, prefix: bytes, after: bytes | None, limit: int
+    ) -> tuple[list[bytes], bool]:
+        """As `Store.list_keys`, uncached."""
+        return await self.engine.list_keys(ns, prefix, after, limit)
+
+    async def usage(self, tenant: str) -> Usage:
+        """As `Store.usage`, uncached."""
+        return await self.engine.usage(tenant)
+
+    async def sweep(self, limit: int) -> int:
+        """As `Store.sweep`."""
+        return await self.engine.sweep(limit)
+
+    async def tenants(self) -> list[str]:
+        """As `Store.tenants`."""
+        return await self.engine.tenants()
+
+    async def buckets(self, tenant: str) -> list[str]:
+        """As `Store.buckets`."""
+        return await self.engine.buckets(tenant)
+
+    async def aclose(self) -> None:
+        """Close the engine."""
+        self._cache.clear()
+        await self.engine.aclose()
