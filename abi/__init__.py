@@ -8,6 +8,7 @@ on it.
 from __future__ import annotations
 
 import enum
+from pathlib import Path
 from typing import Final
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "LogLevel",
     "Status",
     "describe_status",
+    "sdk_paths",
 ]
 
 
@@ -98,3 +100,14 @@ HOST_IMPORTS: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
 
 #: An export with this signature is an entry point: `() -> i32` status.
 ENTRY_SIGNATURE: Final[tuple[tuple[str, ...], tuple[str, ...]]] = ((), (I32,))
+
+
+def sdk_paths() -> dict[str, Path]:
+    """Where each guest SDK lives in this installation, by language.
+
+    `c` is the directory to pass to `-I` (it holds `wasmkv.h`); `zig` is the
+    module to pass as `-Mwasmkv=`. They ship inside the package, so a plugin
+    can be built against an installed wasmkv without its source tree.
+    """
+    guest = Path(__file__).resolve().parent / "guest"
+    return {"c": guest, "zig": guest / "wasmkv.zig"}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from .. import kv
+from ..abi import sdk_paths
 from ._config import load_config
 from ._dev import DevLoop, serve_calls
 from ._errors import HostError, PluginError, PluginStatusError, UnknownExport
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--tenant", help="import into this tenant instead of the dump's")
     _store_options(load)
 
+    sdk = commands.add_parser("sdk", help="print where the guest SDKs are (name TAB path), or one SDK's path")
+    sdk.add_argument("language", nargs="?", help="print only this SDK's path (e.g. c, for -I$(wasmkv sdk c))")
+
     dev = commands.add_parser("dev", help="load the configured plugins, hot-reload them, serve calls on 127.0.0.1")
     dev.add_argument("--config", type=Path, default=Path("wasmkv.toml"), help="config file (default: wasmkv.toml)")
     dev.add_argument("--listen", help="HOST:PORT for the call endpoint (default: [dev] listen, 127.0.0.1:8737)")
@@ -102,6 +106,19 @@ def _import(args: argparse.Namespace) -> int:
                 report = kv.import_dump(store, source, tenant=args.tenant)
     buckets = ", ".join(report.buckets) or "no buckets"
     print(f"wasmkv: imported {report.keys} keys into tenant {report.tenant} ({buckets})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _sdk(args: argparse.Namespace) -> int:
+    paths = sdk_paths()
+    if args.language is None:
+        for name, path in paths.items():
+            print(f"{name}\t{path}")
+        return EXIT_OK
+    if args.language not in paths:
+        print(f"wasmkv: no guest SDK for {args.language!r}; there is one for: {', '.join(paths)}", file=sys.stderr)
+        return EXIT_USAGE
+    print(paths[args.language])
     return EXIT_OK
 
 
@@ -204,7 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `wasmkv` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _run, "dev": _dev, "export": _export, "import": _import, "inspect": _inspect}
+        commands = {
+            "run": _run,
+            "dev": _dev,
+            "export": _export,
+            "import": _import,
+            "inspect": _inspect,
+            "sdk": _sdk,
+        }
         return commands[args.command](args)
     except (HostError, kv.KvError, OSError) as exc:
         print(f"wasmkv: {exc}", file=sys.stderr)

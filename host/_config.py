@@ -224,16 +224,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         debounce_ms = dev.get("debounce_ms", int, DEFAULT_DEBOUNCE_MS, _positive) or DEFAULT_DEBOUNCE_MS
         dev.done("listen, debounce_ms")
 
-    tenants: dict[str, kv.Quota] = {}
-    for name, table in _named_tables(top, "tenants", "tenant"):
-        fields = {
-            field: value
-            for field in ("max_keys", "max_bytes", "max_value_bytes", "max_key_bytes")
-            if (value := table.get(field, int, None, _positive)) is not None
-        }
-        ops = table.get("ops_per_second", float, None, _positive)
-        table.done("max_keys, max_bytes, max_value_bytes, max_key_bytes, ops_per_second")
-        tenants[name] = kv.Quota(**fields, ops_per_second=ops)
+    tenants = {name: _quota(table) for name, table in _named_tables(top, "tenants", "tenant")}
 
     plugins = {name: _plugin(table, name, root, tenants) for name, table in _named_tables(top, "plugins", "plugin")}
     top.done("store, cache, dev, tenants, plugins")
@@ -246,6 +237,22 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         tenants=tenants,
         plugins=plugins,
     )
+
+
+#: Every field of `kv.Quota` and the TOML type it takes (`ops_per_second` may be fractional).
+_QUOTA_FIELDS: Final = {
+    field.name: float if field.name == "ops_per_second" else int for field in dataclasses.fields(kv.Quota)
+}
+
+
+def _quota(table: _Reader) -> kv.Quota:
+    """A `[tenants.NAME]` table: any of the `kv.Quota` fields; the others keep their defaults."""
+    fields: dict[str, Any] = {}
+    for name, kind in _QUOTA_FIELDS.items():
+        if (value := table.get(name, kind, None, _positive)) is not None:
+            fields[name] = value
+    table.done(", ".join(_QUOTA_FIELDS))
+    return kv.Quota(**fields)
 
 
 def _named_tables(top: _Reader, section: str, kind: str) -> list[tuple[str, _Reader]]:

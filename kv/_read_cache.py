@@ -9,7 +9,7 @@ writes through this wrapper invalidate the keys they touch at once.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import cachetools
@@ -28,19 +28,27 @@ _MISS: Final = object()
 class ReadCache:
     """An `AsyncStore` that serves hot `get`s from memory, at most `size` entries for at most `max_age_ms` each.
 
-    Use it from one event loop (`SyncBridge` does): it takes no locks.
+    Use it from one event loop (`SyncBridge` does): it takes no locks. `clock`
+    is monotonic seconds (injectable for tests).
 
     Raises:
         InvalidArgument: if `size` or `max_age_ms` is not a positive int.
     """
 
-    def __init__(self, engine: AsyncStore, *, size: int, max_age_ms: int = DEFAULT_READ_CACHE_MS) -> None:
+    def __init__(
+        self,
+        engine: AsyncStore,
+        *,
+        size: int,
+        max_age_ms: int = DEFAULT_READ_CACHE_MS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         for name, value in (("read_cache_size", size), ("read_cache_ms", max_age_ms)):
             if type(value) is not int or value < 1:
                 raise InvalidArgument(f"{name} must be an int >= 1, got {value!r}")
         self.engine = engine
         self._cache: cachetools.TTLCache[tuple[bytes, bytes], bytes | None] = cachetools.TTLCache(
-            size, max_age_ms / 1000, timer=time.monotonic
+            size, max_age_ms / 1000, timer=clock
         )
         # Bumped by every write: a read that started before a write must not refill the cache after it.
         self._epoch = 0

@@ -44,11 +44,7 @@ class TtlClock:
             time.sleep(ms / 1000 + 0.05)
 
 
-def _memory(tmp_path: Path, clock: FakeClock) -> kv.KvStore:
-    return kv.KvStore.memory(clock=clock, sweep_interval_s=None)
-
-
-def _durable(tmp_path: Path, clock: FakeClock) -> kv.KvStore:
+def _lmdb(tmp_path: Path, clock: FakeClock) -> kv.KvStore:
     return kv.KvStore.open(tmp_path / "state", clock=clock, sweep_interval_s=None)
 
 
@@ -65,12 +61,17 @@ def _redis_cluster(tmp_path: Path, clock: FakeClock) -> kv.KvStore:
     return kv.KvStore.from_url(_servers.cluster().url, key_prefix=_unique_prefix(), sweep_interval_s=None)
 
 
-#: name -> (factory, whether it honours an injected clock)
-STORES: dict[str, tuple[Callable[[Path, FakeClock], kv.KvStore], bool]] = {
-    "memory": (_memory, True),
-    "durable": (_durable, True),
+def _redis_cached(tmp_path: Path, clock: FakeClock) -> kv.KvStore:
+    url = _servers.single().url
+    return kv.KvStore.from_url(url, key_prefix=_unique_prefix(), read_cache_size=1000, sweep_interval_s=None)
+
+
+#: Every engine the contract runs on: name -> (a store over it, whether the engine honours an injected clock).
+ENGINES: dict[str, tuple[Callable[[Path, FakeClock], kv.KvStore], bool]] = {
+    "lmdb": (_lmdb, True),
     "redis": (_redis, False),
     "redis-cluster": (_redis_cluster, False),
+    "redis-cached": (_redis_cached, False),
 }
 
 
@@ -108,8 +109,8 @@ def wasm_host(kvstore: kv.KvStore) -> Iterator[host.Host]:
         yield opened
 
 
-@pytest.fixture(params=sorted(STORES))
-def store_kind(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(params=sorted(ENGINES))
+def engine_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
@@ -119,17 +120,19 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def ttl_clock(store_kind: str, clock: FakeClock) -> TtlClock:
-    return TtlClock(clock if STORES[store_kind][1] else None)
+def ttl_clock(engine_kind: str, clock: FakeClock) -> TtlClock:
+    return TtlClock(clock if ENGINES[engine_kind][1] else None)
 
 
 @pytest.fixture
-def store(store_kind: str, tmp_path: Path, clock: FakeClock) -> Iterator[kv.KvStore]:
-    factory, _ = STORES[store_kind]
+def store(engine_kind: str, tmp_path: Path, clock: FakeClock) -> Iterator[kv.KvStore]:
+    """The front layer over each engine in turn."""
+    factory, _ = ENGINES[engine_kind]
     with factory(tmp_path, clock) as opened:
         yield opened
 
 
 @pytest.fixture
-def bucket(store: kv.KvStore) -> kv.Bucket:
-    return store.tenant("acme").bucket()
+def engine(store: kv.KvStore) -> kv.Store:
+    """Each engine in turn, driven through the `kv.Store` protocol."""
+    return store.engine

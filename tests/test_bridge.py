@@ -145,7 +145,7 @@ def test_a_slow_call_raises_backend_unavailable_within_the_timeout_and_is_cancel
         with pytest.raises(kv.BackendUnavailable, match=r"did not answer within the bridge timeout of 0\.2 s"):
             bridge.get(NS, b"k")
         elapsed = time.monotonic() - started
-        assert 0.2 <= elapsed < 0.5
+        assert 0.2 <= elapsed < 0.2 + 1.5  # never early; late only by a loaded machine's scheduling
         # The abandoned call does not run on unseen: it is cancelled on the loop.
         deadline = time.monotonic() + 2
         while store.cancelled == 0 and time.monotonic() < deadline:

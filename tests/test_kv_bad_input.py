@@ -1,8 +1,12 @@
-"""Every class of bad input gets its specific error, and changes nothing."""
+"""Every class of bad input gets its specific error, and changes nothing.
+
+Input is checked by the front layer before any engine sees it, so these run
+once, on the embedded store.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -11,6 +15,12 @@ from wasmkv import kv
 
 BAD_KEYS: list[Any] = ["", "a\x00b", "tab\there", "new\nline", "del\x7f", "\x1f", "x" * 513, "é" * 257]
 BAD_KEYS += ["\ud800", 42, None, b"\xff\xfe", b""]
+
+
+@pytest.fixture
+def store() -> Iterator[kv.KvStore]:
+    with kv.KvStore.memory(sweep_interval_s=None) as opened:
+        yield opened
 
 
 @pytest.fixture
