@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Final
 
 import msgpack
@@ -20,10 +21,13 @@ from ._errors import AbiStatusError
 from ._ffi import GuestMemory, RawCallback, Slots
 from ._limits import Limits
 
-__all__ = ["AbiImports", "Grant", "StartFunctionCall"]
+__all__ = ["LOG_BYTES_PER_CALL", "AbiImports", "CallDeadline", "Grant", "PluginLog", "StartFunctionCall", "safe_text"]
 
 _I32_MAX: Final = 2**31 - 1
 _LOG_LEVELS: Final = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
+#: What one call may write to its plugin's log; past it, one "truncated" line and nothing more.
+LOG_BYTES_PER_CALL: Final = 64 * 1024
+_monotonic = time.monotonic
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,6 +45,60 @@ class StartFunctionCall(Exception):
     """A start function called an import: the instance has no memory bound yet."""
 
 
+class CallDeadline(Exception):
+    """An import was called after the call's deadline: the call ends as a timeout."""
+
+
+#: Characters a terminal or a log reader would act on: C0 and C1 controls, DEL, line and paragraph
+#: separators, and the bidirectional overrides that can reorder what a line appears to say.
+_UNSAFE: Final = frozenset(
+    [
+        *map(chr, range(0x20)),
+        *map(chr, range(0x7F, 0xA0)),
+        "\u2028",
+        "\u2029",
+        *map(chr, range(0x202A, 0x202F)),
+        *map(chr, range(0x2066, 0x206A)),
+        "\u200e",
+        "\u200f",
+        "\u061c",
+    ]
+)
+
+
+def safe_text(raw: bytes) -> str:
+    """Plugin text made safe for a terminal and a line-based log: UTF-8 (invalid bytes replaced),
+    every control character escaped (`\\x1b`, `\\n`), so no plugin can move the cursor, set a
+    title, or write what looks like another log line."""
+    text = raw.decode("utf-8", "replace")
+    if text.isprintable():
+        return text
+    return "".join(ch.encode("unicode_escape").decode("ascii") if ch in _UNSAFE else ch for ch in text)
+
+
+class PluginLog:
+    """A plugin's log for one call at a time: escaped lines, at most `LOG_BYTES_PER_CALL` bytes per call."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.written = 0
+
+    def begin_call(self) -> None:
+        """Start counting a new call's log volume."""
+        self.written = 0
+
+    def write(self, level: int, raw: bytes) -> None:
+        """Log one message at `level`, escaped; past the per-call cap, say so once and drop the rest."""
+        if self.written > LOG_BYTES_PER_CALL:
+            return
+        self.written += len(raw)
+        if self.written > LOG_BYTES_PER_CALL:
+            self.logger.warning("log truncated: this call wrote over %d bytes of log", LOG_BYTES_PER_CALL)
+            return
+        if self.logger.isEnabledFor(level):
+            self.logger.log(level, "%s", safe_text(raw))
+
+
 class _NoMemory:
     """Stands in for the guest memory until instantiation has bound it (a start function runs before)."""
 
@@ -48,6 +106,23 @@ class _NoMemory:
 
     def fits(self, pointer: int, length: int) -> bool:
         raise StartFunctionCall()
+
+
+def _past_deadline() -> CallDeadline:
+    return CallDeadline("the call's deadline passed while it was calling imports")
+
+
+def packed_values_size(values: list[bytes | None]) -> int:
+    """The exact length of `msgpack.packb(values, use_bin_type=True)`, computed without building it."""
+    count = len(values)
+    size = 1 if count < 16 else 3 if count < 65536 else 5
+    for value in values:
+        if value is None:
+            size += 1
+        else:
+            length = len(value)
+            size += length + (2 if length < 256 else 3 if length < 65536 else 5)
+    return size
 
 
 def _bad_pointer() -> AbiStatusError:
@@ -74,26 +149,39 @@ class AbiImports:
         self.handle_of: dict[bytes, int] = {}
         self.input = b""
         self.output = bytearray()
+        self.log = PluginLog(grant.logger)
+        # Monotonic seconds at which the current call ends; an import called later ends the call.
+        self.deadline = float("inf")
 
     def bodies(self) -> dict[tuple[str, str], RawCallback]:
-        """Every import body, by (module, name)."""
+        """Every import body, by (module, name); each checks the call's deadline first."""
+        timed = self._timed
         return {
-            (KV_MODULE, "open"): self._open,
-            (KV_MODULE, "get"): self._get,
-            (KV_MODULE, "set"): self._set,
-            (KV_MODULE, "set_with_ttl"): self._set_with_ttl,
-            (KV_MODULE, "delete"): self._delete,
-            (KV_MODULE, "exists"): self._exists,
-            (KV_MODULE, "increment"): self._increment,
-            (KV_MODULE, "compare_and_swap"): self._compare_and_swap,
-            (KV_MODULE, "list_keys"): self._list_keys,
-            (KV_MODULE, "get_many"): self._get_many,
-            (KV_MODULE, "set_many"): self._set_many,
-            (KV_MODULE, "delete_many"): self._delete_many,
-            (HOST_MODULE, "input"): self._input,
-            (HOST_MODULE, "output"): self._output,
-            (HOST_MODULE, "log"): self._log,
+            (KV_MODULE, "open"): timed(self._open),
+            (KV_MODULE, "get"): self._get,  # the hot path checks the deadline inline
+            (KV_MODULE, "set"): timed(self._set),
+            (KV_MODULE, "set_with_ttl"): timed(self._set_with_ttl),
+            (KV_MODULE, "delete"): timed(self._delete),
+            (KV_MODULE, "exists"): timed(self._exists),
+            (KV_MODULE, "increment"): timed(self._increment),
+            (KV_MODULE, "compare_and_swap"): timed(self._compare_and_swap),
+            (KV_MODULE, "list_keys"): timed(self._list_keys),
+            (KV_MODULE, "get_many"): timed(self._get_many),
+            (KV_MODULE, "set_many"): timed(self._set_many),
+            (KV_MODULE, "delete_many"): timed(self._delete_many),
+            (HOST_MODULE, "input"): timed(self._input),
+            (HOST_MODULE, "output"): timed(self._output),
+            (HOST_MODULE, "log"): timed(self._log),
         }
+
+    def _timed(self, body: RawCallback) -> RawCallback:
+        def timed(slots: Slots) -> int | None:
+            # The epoch ends a call inside wasm; this ends one that spends its time calling imports.
+            if _monotonic() > self.deadline:
+                raise _past_deadline()
+            return body(slots)
+
+        return timed
 
     def status_of(self, exc: BaseException) -> int | None:
         """The status an exception from a body returns to the guest; None if it is a host bug."""
@@ -103,10 +191,12 @@ class AbiImports:
             return exc.status
         return None
 
-    def begin_call(self, input: bytes) -> None:
-        """Reset the per-call state for a call with `input`."""
+    def begin_call(self, input: bytes, deadline_ms: int) -> None:
+        """Reset the per-call state for a call with `input` that may last `deadline_ms`."""
         self.input = input
         self.output = bytearray()
+        self.log.begin_call()
+        self.deadline = _monotonic() + deadline_ms / 1000
 
     # -- memory ---------------------------------------------------------------------------------
 
@@ -121,11 +211,19 @@ class AbiImports:
         if not self.memory.fits(pointer, capacity):
             raise _bad_pointer()
         length = len(data)
-        if length > _I32_MAX:
-            raise AbiStatusError(Status.VALUE_TOO_LARGE, f"reply of {length} bytes does not fit an i32 length")
+        self._check_reply(length)
         if length <= capacity:
             self.memory.view[pointer : pointer + length] = data
         return length
+
+    def _check_reply(self, length: int) -> None:
+        """Refuse a reply no plugin memory could hold, before anything that large is built."""
+        ceiling = min(self.grant.limits.memory_bytes, _I32_MAX)
+        if length > ceiling:
+            raise AbiStatusError(
+                Status.VALUE_TOO_LARGE,
+                f"reply of {length} bytes is over the plugin's memory_bytes limit of {self.grant.limits.memory_bytes}",
+            )
 
     def _bucket(self, handle: int) -> kv.Bucket:
         if handle < 0 or handle >= len(self.handles):
@@ -151,6 +249,8 @@ class AbiImports:
 
     def _get(self, s: Slots) -> int:
         # The hottest import: bounds checks and the handle lookup inlined.
+        if _monotonic() > self.deadline:
+            raise _past_deadline()
         handle, key_pointer, key_length, out_pointer, capacity = s[0], s[4], s[8], s[12], s[16]
         handles = self.handles
         if handle < 0 or handle >= len(handles):
@@ -245,6 +345,12 @@ class AbiImports:
         if not self.memory.fits(out_pointer, capacity):
             raise _bad_pointer()
         values = bucket.get_many(self._key_list(self._unpack(s, raw=True)))
+        # Sized before it is built: a reply asked for its length only, or too large for any plugin
+        # memory, is never packed (a key repeated 1000 times must not cost 1000 copies).
+        length = packed_values_size(values)
+        self._check_reply(length)
+        if length > capacity:
+            return length
         return self._reply(msgpack.packb(values, use_bin_type=True), out_pointer, capacity)
 
     def _set_many(self, s: Slots) -> int:
@@ -274,5 +380,6 @@ class AbiImports:
         return 0
 
     def _log(self, s: Slots) -> None:
-        text = self._read(s[4], s[8]).decode("utf-8", "replace")
-        self.grant.logger.log(_LOG_LEVELS.get(s[0], logging.INFO), "%s", text)
+        log = self.log
+        if log.written <= LOG_BYTES_PER_CALL:  # past the cap, not even read
+            log.write(_LOG_LEVELS.get(s[0], logging.INFO), self._read(s[4], s[8]))

@@ -15,7 +15,8 @@ import wasmtime
 from ..abi import HOST_IMPORTS, KV_IMPORTS, KV_MODULE, MEMORY_EXPORT
 from ._errors import LoadError
 from ._ffi import ExportFunc, GuestMemory, define_unchecked
-from ._imports import AbiImports, Grant, StartFunctionCall
+from ._imports import AbiImports, CallDeadline, Grant, StartFunctionCall
+from ._limits import MAX_MEMORIES, MAX_TABLES
 from ._sandbox import Compiled, Sandbox
 
 __all__ = ["Instance", "trap_reason"]
@@ -43,12 +44,13 @@ class Instance:
     def __init__(self, compiled: Compiled, grant: Grant, sandbox: Sandbox) -> None:
         self.grant = grant
         self.sandbox = sandbox
-        self.store = wasmtime.Store(compiled.engine)
-        self.store.set_limits(memory_size=grant.limits.memory_bytes)
+        self.store = sandbox.new_store(compiled.engine, grant.limits)
         self.linker = wasmtime.Linker(compiled.engine)
         self.imports = AbiImports(grant)
         # Set when an import body hit a host bug: the call traps and the caller gets it as the cause.
         self.host_error: BaseException | None = None
+        # Set when an import was called past the call's deadline: the trap is a timeout.
+        self.timed_out = False
         self._callbacks: list[object] = []
         bodies = self.imports.bodies()
         try:
@@ -66,7 +68,13 @@ class Instance:
             instance = self.linker.instantiate(self.store, compiled.module)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             self.close()
-            raise LoadError(f"plugin {grant.plugin!r} failed to instantiate: {trap_reason(exc)}") from exc
+            reason = trap_reason(exc)
+            limits = grant.limits
+            if "table" in reason:
+                reason += f" (a plugin has at most {MAX_TABLES} table of table_elements={limits.table_elements})"
+            elif "memor" in reason:
+                reason += f" (a plugin has at most {MAX_MEMORIES} memory of memory_bytes={limits.memory_bytes})"
+            raise LoadError(f"plugin {grant.plugin!r} failed to instantiate: {reason}") from exc
         self.wasm_instance = instance
         exports = instance.exports(self.store)
         memory = exports[MEMORY_EXPORT]
@@ -85,8 +93,9 @@ class Instance:
             wasmtime.Trap, wasmtime.WasmtimeError: if the call trapped (see `host_error`).
         """
         limits = self.grant.limits
-        self.imports.begin_call(input)
+        self.imports.begin_call(input, limits.deadline_ms)
         self.host_error = None
+        self.timed_out = False
         if limits.fuel is not None:
             self.store.set_fuel(limits.fuel)
         return func(self.sandbox.deadline_ticks(limits))
@@ -108,6 +117,9 @@ class Instance:
             status = self.imports.status_of(exc)
             if status is not None:
                 return status
+            if isinstance(exc, CallDeadline):
+                self.timed_out = True
+                return b"deadline"
             if isinstance(exc, StartFunctionCall):
                 return f"{where} was called from the module's start function; imports are unavailable there".encode()
             # Anything else is a host bug: trap this call, keep it for the caller, never crash.

@@ -1,4 +1,4 @@
-"""Sandbox limits for one plugin."""
+"""Sandbox limits for one plugin, and the fixed caps every plugin store gets."""
 
 from __future__ import annotations
 
@@ -7,26 +7,47 @@ from typing import Final
 
 from ._errors import InvalidLimits
 
-__all__ = ["DEFAULT_DEADLINE_MS", "DEFAULT_MEMORY_BYTES", "Limits"]
+__all__ = [
+    "DEFAULT_DEADLINE_MS",
+    "DEFAULT_MEMORY_BYTES",
+    "DEFAULT_TABLE_ELEMENTS",
+    "MAX_INSTANCES",
+    "MAX_MEMORIES",
+    "MAX_TABLES",
+    "Limits",
+]
 
 DEFAULT_MEMORY_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_DEADLINE_MS: Final = 1000
+#: Every toolchain we support puts its indirect-call targets in one table of a few hundred to a few
+#: thousand entries; 65,536 leaves room and bounds a `table.grow` bomb to well under a MiB.
+DEFAULT_TABLE_ELEMENTS: Final = 65_536
+#: A plugin is one module: one instance, at most one table and one linear memory per store.
+MAX_INSTANCES: Final = 1
+MAX_TABLES: Final = 1
+MAX_MEMORIES: Final = 1
 _WASM_PAGE_BYTES: Final = 65536
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Limits:
-    """What one plugin may use per call: a memory ceiling, a wall-clock deadline, optional fuel.
+    """What one plugin may use per call: memory, table size, a wall-clock deadline, optional fuel.
 
-    `memory_bytes` caps the linear memory (growth past it fails inside the
-    plugin; a module that starts larger fails to load). `deadline_ms` bounds
-    each call's wall-clock time. `fuel`, if set, bounds the instructions of
-    each call (it costs 20-45 % speed on compute loops, so it is off by default).
+    `memory_bytes` caps the plugin's linear memory, its only one (growth past
+    it fails inside the plugin; a module that starts larger fails to load), and
+    also what the host builds for it in one call (a reply, the call's output).
+    `table_elements` caps its table the same way. `deadline_ms` bounds each
+    call's wall-clock time. `fuel`, if set, bounds the instructions of each
+    call (it costs 20-45 % speed on compute loops, so it is off by default).
+
+    Raises:
+        InvalidLimits: if a field is out of range.
     """
 
     memory_bytes: int = DEFAULT_MEMORY_BYTES
     deadline_ms: int = DEFAULT_DEADLINE_MS
     fuel: int | None = None
+    table_elements: int = DEFAULT_TABLE_ELEMENTS
 
     def __post_init__(self) -> None:
         if type(self.memory_bytes) is not int or self.memory_bytes < _WASM_PAGE_BYTES:
@@ -37,3 +58,5 @@ class Limits:
             raise InvalidLimits(f"Limits.deadline_ms must be a positive int, got {self.deadline_ms!r}")
         if self.fuel is not None and (type(self.fuel) is not int or self.fuel < 1):
             raise InvalidLimits(f"Limits.fuel must be a positive int or None, got {self.fuel!r}")
+        if type(self.table_elements) is not int or self.table_elements < 0:
+            raise InvalidLimits(f"Limits.table_elements must be an int >= 0, got {self.table_elements!r}")

@@ -106,9 +106,10 @@ class Plugin:
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             output = instance.output
             host_error = instance.host_error
+            timed_out = instance.timed_out
             instance.close()
             version.instance = None
-            raise self._trap_error(export, exc, output) from host_error or exc
+            raise self._trap_error(export, exc, output, timed_out=timed_out) from host_error or exc
         output = instance.output
         if status != 0:
             raise PluginStatusError(
@@ -120,9 +121,9 @@ class Plugin:
             )
         return output
 
-    def _trap_error(self, export: str, exc: Exception, output: bytes) -> PluginTrap:
+    def _trap_error(self, export: str, exc: Exception, output: bytes, *, timed_out: bool) -> PluginTrap:
         code = exc.trap_code if isinstance(exc, wasmtime.Trap) else None
-        if code == wasmtime.TrapCode.INTERRUPT:
+        if code == wasmtime.TrapCode.INTERRUPT or timed_out:
             return PluginTimeout(
                 f"plugin {self.name!r} export {export!r} ran past its deadline of {self.limits.deadline_ms} ms",
                 plugin=self.name,

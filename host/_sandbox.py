@@ -17,7 +17,7 @@ import wasmtime
 
 from ._cache import ModuleCache
 from ._errors import LoadError
-from ._limits import Limits
+from ._limits import MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, Limits
 from ._module_check import ModuleInfo, check_module
 
 __all__ = ["EPOCH_TICK_MS", "Compiled", "Sandbox", "Source", "read_source"]
@@ -25,6 +25,42 @@ __all__ = ["EPOCH_TICK_MS", "Compiled", "Sandbox", "Source", "read_source"]
 #: The epoch ticker's period: a runaway call stops within its deadline plus about one tick.
 EPOCH_TICK_MS: Final = 5
 _WASM_MAGIC: Final = b"\0asm"
+
+#: WebAssembly proposals no plugin toolchain we support needs, turned off so that their modules are
+#: refused at load: (wasmtime `Config` attribute, the proposal's name, what wasmtime's error says).
+#: Kept on: bulk memory, reference types, multi-value, SIMD, sign extension, mutable globals and
+#: non-trapping float-to-int, which zig cc, Zig, Rust and AssemblyScript emit.
+_DISABLED_PROPOSALS: Final = (
+    ("wasm_multi_memory", "multi-memory", "multiple memories"),
+    ("wasm_threads", "threads (shared memory)", "shared memor"),
+    ("wasm_memory64", "memory64", "memory64"),
+    ("wasm_gc", "garbage collection", "gc feature"),
+    ("wasm_function_references", "typed function references", "function references"),
+    ("wasm_exceptions", "exception handling", "exceptions proposal"),
+    ("wasm_tail_call", "tail calls", "tail calls"),
+    ("wasm_relaxed_simd", "relaxed SIMD", "relaxed SIMD"),
+    ("wasm_custom_page_sizes", "custom page sizes", "custom page sizes"),
+    ("wasm_wide_arithmetic", "wide arithmetic", "wide arithmetic"),
+    ("wasm_stack_switching", "stack switching", "stack switching"),
+)
+#: Part of every module cache key: a change to the engine's settings must never reuse an old entry.
+_ENGINE_SETTINGS: Final = "epoch=1;memory_may_move=0;opt=speed;proposals-off=" + ",".join(
+    attribute for attribute, _, _ in _DISABLED_PROPOSALS
+)
+
+
+def _compile_error(name: str, label: str, exc: wasmtime.WasmtimeError) -> LoadError:
+    """A load error for a module wasmtime refused, naming the proposal when it is one we turned off."""
+    message = str(exc)
+    cause = [line.strip() for line in message.strip().splitlines() if line.strip()][-1]
+    for _, proposal, says in _DISABLED_PROPOSALS:
+        if says in message:
+            return LoadError(
+                f"plugin {name!r} ({label}) uses the WebAssembly {proposal} proposal, which wasmkv turns off "
+                f"for plugins; build it without that feature ({cause})"
+            )
+    return LoadError(f"plugin {name!r} ({label}) does not compile: {message}")
+
 
 Source = str | os.PathLike[str] | bytes
 """A plugin module: a path to a `.wasm` or `.wat` file, or the module's bytes (binary or WAT text)."""
@@ -87,6 +123,8 @@ class Sandbox:
                 config = wasmtime.Config()
                 config.epoch_interruption = True
                 config.consume_fuel = fuel
+                for attribute, _, _ in _DISABLED_PROPOSALS:
+                    setattr(config, attribute, False)
                 # The imports cache the memory's base address; this guarantees it never moves.
                 config.memory_may_move = False
                 config.cranelift_opt_level = "speed"
@@ -103,6 +141,18 @@ class Sandbox:
         """The epoch deadline, in ticks from now, that ends a call after `limits.deadline_ms`."""
         # +1: the current tick may be about to end.
         return math.ceil(limits.deadline_ms / EPOCH_TICK_MS) + 1
+
+    def new_store(self, engine: wasmtime.Engine, limits: Limits) -> wasmtime.Store:
+        """A wasmtime store for one plugin instance, with every resource it may create capped."""
+        store = wasmtime.Store(engine)
+        store.set_limits(
+            memory_size=limits.memory_bytes,
+            table_elements=limits.table_elements,
+            instances=MAX_INSTANCES,
+            tables=MAX_TABLES,
+            memories=MAX_MEMORIES,
+        )
+        return store
 
     def arm(self, store: wasmtime.Store, limits: Limits) -> None:
         """Bound a store's next run (a start function during instantiation) by the deadline and fuel."""
@@ -121,11 +171,11 @@ class Sandbox:
         engine = self.engine(fuel=fuel)
         try:
             if self.cache is not None:
-                module = self.cache.module(engine, wasm, f"fuel={fuel};epoch=1;memory_may_move=0;opt=speed")
+                module = self.cache.module(engine, wasm, f"fuel={fuel};{_ENGINE_SETTINGS}")
             else:
                 module = wasmtime.Module(engine, wasm)
         except wasmtime.WasmtimeError as exc:
-            raise LoadError(f"plugin {name!r} ({label}) does not compile: {exc}") from exc
+            raise _compile_error(name, label, exc) from exc
         return Compiled(engine, module, check_module(module, wasm, name=name, limits=limits))
 
     def close(self) -> None:

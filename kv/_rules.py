@@ -161,7 +161,7 @@ def encode_key(key: object, max_key_bytes: int, *, what: str = "key", allow_empt
     if type(key) is bytes:
         decode_key(key, max_key_bytes, what=what, allow_empty=allow_empty)
         return key
-    raise InvalidKey(f"{what} must be str, got {type(key).__name__}")
+    raise InvalidKey(f"{what} must be str (or its UTF-8 bytes), got {type(key).__name__}")
 
 
 def check_key_bytes(raw: bytes, max_key_bytes: int, *, what: str = "key", allow_empty: bool = False) -> bytes:

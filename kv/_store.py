@@ -56,29 +56,23 @@ _log = logging.getLogger("wasmkv.kv")
 def _batch_fast_path(keys: list[Key], max_key_bytes: int) -> list[bytes] | None:
     """Validate a batch of printable-ASCII keys (all str, or all bytes) in C-level passes.
 
-    None if any key needs the full per-key check.
+    None if any key needs the full per-key check (which also rejects keys of any other type).
     """
     if not keys:
         return None
-    try:
-        lengths = list(map(len, keys))
-    except TypeError:
+    kinds = set(map(type, keys))
+    if kinds != {bytes} and kinds != {str}:
         return None
+    lengths = list(map(len, keys))
     if min(lengths) < 1 or max(lengths) > max_key_bytes:
         return None
-    if type(keys[0]) is bytes:
-        try:
-            joined_bytes = b"".join(keys)  # type: ignore[arg-type]
-        except TypeError:
-            return None
+    if kinds == {bytes}:
+        joined_bytes = b"".join(keys)  # type: ignore[arg-type]
         # bytes keys are their own encoding: ASCII without control characters needs no copy.
         if joined_bytes.isascii() and joined_bytes.decode("ascii").isprintable():
             return keys  # type: ignore[return-value]
         return None
-    try:
-        joined = "".join(keys)  # type: ignore[arg-type]
-    except TypeError:
-        return None
+    joined = "".join(keys)  # type: ignore[arg-type]
     if not (joined.isascii() and joined.isprintable()):
         return None
     return [key.encode("ascii") for key in keys]  # type: ignore[union-attr]
@@ -424,11 +418,18 @@ class Bucket:
     def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
         """The values at `keys`, in order (None where missing); at most 1000 keys.
 
+        A key named several times is read once.
+
         Raises:
             InvalidKey, RateLimited: as named.
             InvalidArgument: if more than 1000 keys are given.
         """
-        return self._engine.get_many(self._ns, self._keys(keys))
+        raw = self._keys(keys)
+        unique = dict.fromkeys(raw)
+        if len(unique) == len(raw):
+            return self._engine.get_many(self._ns, raw)
+        values = dict(zip(unique, self._engine.get_many(self._ns, list(unique)), strict=True))
+        return [values[key] for key in raw]
 
     def set_many(self, items: Mapping[Key, bytes] | Iterable[tuple[Key, bytes]]) -> None:
         """Store several values at once, all or nothing; clears their TTLs. At most 1000 items.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -73,6 +74,18 @@ ENGINES: dict[str, tuple[Callable[[Path, FakeClock], kv.KvStore], bool]] = {
     "redis-cluster": (_redis_cluster, False),
     "redis-cached": (_redis_cached, False),
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The module cache's per-user key goes to a scratch XDG_CACHE_HOME, for this process and its children."""
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if saved is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
 
 
 @pytest.fixture(scope="session", autouse=True)

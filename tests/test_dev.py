@@ -177,61 +177,6 @@ def test_the_http_endpoint_calls_plugins(project: Path, loop: Loop) -> None:
         server.server_close()
 
 
-# -- the compiled-module cache ---------------------------------------------------------------
-
-
-def test_the_module_cache_misses_then_hits(tmp_path: Path) -> None:
-    wasm = wasmtime.wat2wasm(versioned(1, padding=2000))
-    with kv.KvStore.memory() as store:
-        with host.Host(store, cache_dir=tmp_path) as first:
-            first.load(wasm, name="p", tenant="acme")
-            assert first.cache is not None and (first.cache.hits, first.cache.misses) == (0, 1)
-        with host.Host(store, cache_dir=tmp_path) as second:
-            assert second.load(wasm, name="p", tenant="acme").call("call")[:3] == b"v01"
-            assert second.cache is not None and (second.cache.hits, second.cache.misses) == (1, 0)
-            # Fuel changes the engine settings: another entry.
-            second.load(wasm, name="q", tenant="acme", limits=host.Limits(fuel=10**6))
-            assert second.cache.misses == 1
-    assert len(list(tmp_path.glob("*.cwasm"))) == 2
-
-
-@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage"])
-def test_a_corrupt_cache_entry_is_recompiled_never_trusted(tmp_path: Path, damage: str) -> None:
-    wasm = wasmtime.wat2wasm(versioned(2))
-    with kv.KvStore.memory() as store:
-        with host.Host(store, cache_dir=tmp_path) as first:
-            first.load(wasm, name="p", tenant="acme")
-        (entry,) = tmp_path.glob("*.cwasm")
-        blob = bytearray(entry.read_bytes())
-        if damage == "flip":
-            blob[len(blob) // 2] ^= 0xFF
-        elif damage == "truncate":
-            del blob[len(blob) // 2 :]
-        else:
-            blob[:] = b"\0" * 10
-        entry.write_bytes(bytes(blob))
-        with host.Host(store, cache_dir=tmp_path) as second:
-            assert second.load(wasm, name="p", tenant="acme").call("call")[:3] == b"v02"
-            assert second.cache is not None and (second.cache.hits, second.cache.misses) == (0, 1)
-        with host.Host(store, cache_dir=tmp_path) as third:
-            third.load(wasm, name="p", tenant="acme")
-            assert third.cache is not None and third.cache.hits == 1  # rewritten whole
-
-
-def test_an_entry_for_another_engine_configuration_is_rejected_and_recompiled(tmp_path: Path) -> None:
-    wasm = wasmtime.wat2wasm(versioned(3))
-    cache = host.ModuleCache(tmp_path)
-    config = wasmtime.Config()
-    config.consume_fuel = True
-    other = wasmtime.Module(wasmtime.Engine(config), wasm).serialize()
-    # Plant an entry with a valid checksum but compiled for a different engine under the plain key.
-    path = cache.entry_path(wasm, "fuel=False;epoch=1;memory_may_move=0;opt=speed")
-    path.write_bytes(hashlib.sha256(other).digest() + bytes(other))
-    with kv.KvStore.memory() as store, host.Host(store, cache_dir=tmp_path) as wasm_host:
-        assert wasm_host.load(wasm, name="p", tenant="acme").call("call")[:3] == b"v03"
-        assert wasm_host.cache is not None and wasm_host.cache.misses == 1
-
-
 def test_the_watcher_survives_an_unexpected_error_during_a_reload(
     project: Path, loop: Loop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
