@@ -5,8 +5,9 @@ runs an entry point and returns its output. See `abi/ABI.md` for the plugin side
 """
 
 from ._cache import ModuleCache
-from ._config import Config, PluginConfig, StoreConfig, load_config
-from ._dev import DevLoop, ReloadEvent, serve_calls
+from ._config import Config, DevConfig, PluginConfig, StoreConfig, load_config
+from ._dev import DevLoop, ReloadEvent
+from ._devhttp import DevServer, serve_calls
 from ._errors import (
     ConfigError,
     HostError,
@@ -22,17 +23,20 @@ from ._errors import (
     UnknownPlugin,
 )
 from ._host import Host
-from ._limits import DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_BYTES, Limits
+from ._limits import DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_BYTES, DEFAULT_TABLE_ELEMENTS, Limits
 from ._plugin import Plugin, Version
 from ._sandbox import EPOCH_TICK_MS, Sandbox, Source
 
 __all__ = [
     "DEFAULT_DEADLINE_MS",
     "DEFAULT_MEMORY_BYTES",
+    "DEFAULT_TABLE_ELEMENTS",
     "EPOCH_TICK_MS",
     "Config",
     "ConfigError",
+    "DevConfig",
     "DevLoop",
+    "DevServer",
     "Host",
     "HostError",
     "InvalidLimits",

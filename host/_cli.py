@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -12,7 +13,8 @@ from typing import Final
 from .. import kv
 from ..abi import sdk_paths
 from ._config import load_config
-from ._dev import DevLoop, serve_calls
+from ._dev import DevLoop
+from ._devhttp import is_loopback, serve_calls
 from ._errors import HostError, PluginError, PluginStatusError, UnknownExport
 from ._host import Host
 from ._limits import DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_BYTES, Limits
@@ -60,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
 
     load = commands.add_parser("import", help="load a dump, all or nothing (checked before any write)")
     load.add_argument("file", help="the dump, or - for standard input")
-    load.add_argument("--tenant", help="import into this tenant instead of the dump's")
+    load.add_argument(
+        "--tenant", required=True, help="the tenant to import into (always named: a dump's header decides nothing)"
+    )
     _store_options(load)
 
     sdk = commands.add_parser("sdk", help="print where the guest SDKs are (name TAB path), or one SDK's path")
@@ -69,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="load the configured plugins, hot-reload them, serve calls on 127.0.0.1")
     dev.add_argument("--config", type=Path, default=Path("wasmkv.toml"), help="config file (default: wasmkv.toml)")
     dev.add_argument("--listen", help="HOST:PORT for the call endpoint (default: [dev] listen, 127.0.0.1:8737)")
+    dev.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a listen address other machines can reach ([dev] allow_remote); calls are unauthenticated",
+    )
     return parser
 
 
@@ -91,7 +100,9 @@ def _export(args: argparse.Namespace) -> int:
             count = kv.export_tenant(store, args.tenant, sys.stdout.buffer, buckets=args.bucket)
             sys.stdout.buffer.flush()
         else:
-            with args.output.open("wb") as out:
+            # A dump holds the tenant's data: private to this user, like the store it came from.
+            descriptor = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(descriptor, "wb") as out:
                 count = kv.export_tenant(store, args.tenant, out, buckets=args.bucket)
     print(f"wasmkv: exported {count} keys of tenant {args.tenant}", file=sys.stderr)
     return EXIT_OK
@@ -124,12 +135,22 @@ def _sdk(args: argparse.Namespace) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    listen = args.listen or config.listen
+    settings = config.dev
+    listen = args.listen or settings.listen
     with Host.from_loaded_config(config) as host:
+        server = serve_calls(
+            host,
+            listen,
+            max_body_bytes=settings.max_body_bytes,
+            allowed_hosts=settings.allowed_hosts,
+            allow_remote=args.allow_remote or settings.allow_remote,
+            workers=settings.workers,
+        )
         loop = DevLoop(host, config)
         loop.start()
-        server = serve_calls(host, listen)
         try:
+            if not is_loopback(listen.rpartition(":")[0].strip("[]")):
+                print(f"warning: {listen} is reachable from other machines, and calls to it are not authenticated")
             for name, plugin in host.plugins.items():
                 print(
                     f"loaded {name} {plugin.version[:12]} as tenant {plugin.tenant.name}: {', '.join(plugin.exports)}"
@@ -142,6 +163,7 @@ def _dev(args: argparse.Namespace) -> int:
             pass
         finally:
             server.shutdown()
+            server.server_close()
             loop.stop()
     return EXIT_OK
 

@@ -16,6 +16,9 @@ dir = ".wasmkv/cache"           # compiled modules; `enabled = false` turns it o
 [dev]
 listen = "127.0.0.1:8737"       # `wasmkv dev`'s HTTP endpoint
 debounce_ms = 50
+max_body_bytes = 8388608        # larger bodies get 413 unread
+allowed_hosts = []              # Host names accepted besides loopback and the listen address
+allow_remote = false            # a listen address other machines can reach must be asked for
 
 [tenants.acme]
 max_keys = 1000
@@ -46,10 +49,14 @@ from .. import kv
 from ._errors import ConfigError
 from ._limits import Limits
 
-__all__ = ["DEFAULT_DEV_LISTEN", "Config", "PluginConfig", "StoreConfig", "load_config"]
+__all__ = ["DEFAULT_DEV_LISTEN", "Config", "DevConfig", "PluginConfig", "StoreConfig", "load_config"]
 
 DEFAULT_DEV_LISTEN: Final = "127.0.0.1:8737"
 DEFAULT_DEBOUNCE_MS: Final = 50
+#: `[dev] max_body_bytes`: the largest request body `wasmkv dev`'s endpoint reads.
+DEFAULT_DEV_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+#: `[dev] workers`: requests the endpoint serves at once.
+DEFAULT_DEV_WORKERS: Final = 8
 
 T = TypeVar("T")
 
@@ -77,16 +84,37 @@ class PluginConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class DevConfig:
+    """The `[dev]` table: where `wasmkv dev` listens, and what its HTTP endpoint accepts."""
+
+    listen: str = DEFAULT_DEV_LISTEN
+    debounce_ms: int = DEFAULT_DEBOUNCE_MS
+    max_body_bytes: int = DEFAULT_DEV_MAX_BODY_BYTES
+    allowed_hosts: tuple[str, ...] = ()
+    allow_remote: bool = False
+    workers: int = DEFAULT_DEV_WORKERS
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     """A whole `wasmkv.toml`, checked."""
 
     path: Path
     store: StoreConfig
     cache_dir: Path | None
-    listen: str
-    debounce_ms: int
+    dev: DevConfig
     tenants: dict[str, kv.Quota]
     plugins: dict[str, PluginConfig]
+
+    @property
+    def listen(self) -> str:
+        """`[dev] listen`: where `wasmkv dev` serves calls."""
+        return self.dev.listen
+
+    @property
+    def debounce_ms(self) -> int:
+        """`[dev] debounce_ms`: how long file changes settle before a reload."""
+        return self.dev.debounce_ms
 
     @property
     def root(self) -> Path:
@@ -217,12 +245,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             cache_dir = root / directory
         cache.done("dir, enabled")
 
-    listen, debounce_ms = DEFAULT_DEV_LISTEN, DEFAULT_DEBOUNCE_MS
-    dev = top.sub("dev")
-    if dev is not None:
-        listen = dev.get("listen", str, DEFAULT_DEV_LISTEN, _listen) or DEFAULT_DEV_LISTEN
-        debounce_ms = dev.get("debounce_ms", int, DEFAULT_DEBOUNCE_MS, _positive) or DEFAULT_DEBOUNCE_MS
-        dev.done("listen, debounce_ms")
+    dev = _dev(top.sub("dev"))
 
     tenants = {name: _quota(table) for name, table in _named_tables(top, "tenants", "tenant")}
 
@@ -232,8 +255,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         path=file.resolve(),
         store=store,
         cache_dir=cache_dir,
-        listen=listen,
-        debounce_ms=debounce_ms,
+        dev=dev,
         tenants=tenants,
         plugins=plugins,
     )
@@ -268,6 +290,25 @@ def _named_tables(top: _Reader, section: str, kind: str) -> list[tuple[str, _Rea
         assert table is not None
         found.append((name, table))
     return found
+
+
+def _dev(table: _Reader | None) -> DevConfig:
+    if table is None:
+        return DevConfig()
+    defaults = DevConfig()
+    hosts = table.get("allowed_hosts", list, [])
+    if hosts is None or not all(isinstance(name, str) and name for name in hosts):
+        raise table.error(table.key("allowed_hosts"), "must be an array of host names")
+    dev = DevConfig(
+        listen=table.get("listen", str, defaults.listen, _listen) or defaults.listen,
+        debounce_ms=table.get("debounce_ms", int, defaults.debounce_ms, _positive) or defaults.debounce_ms,
+        max_body_bytes=table.get("max_body_bytes", int, defaults.max_body_bytes, _positive) or defaults.max_body_bytes,
+        allowed_hosts=tuple(hosts),
+        allow_remote=bool(table.get("allow_remote", bool, False)),
+        workers=table.get("workers", int, defaults.workers, _positive) or defaults.workers,
+    )
+    table.done(", ".join(field.name for field in dataclasses.fields(DevConfig)))
+    return dev
 
 
 def _listen(value: str) -> str | None:

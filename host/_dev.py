@@ -1,12 +1,10 @@
-"""The development loop: watch plugins with watchfiles, rebuild and hot-swap them, call them over local HTTP."""
+"""The development loop: watch plugins with watchfiles, rebuild and hot-swap them (the HTTP endpoint is `_devhttp`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
 import hashlib
-import http.server
-import json
 import subprocess
 import threading
 import time
@@ -17,11 +15,11 @@ from typing import Final
 import watchfiles
 
 from ._config import Config, PluginConfig
-from ._errors import HostError, PluginError, PluginStatusError, UnknownExport, UnknownPlugin
+from ._errors import HostError, UnknownPlugin
 from ._host import Host
 from ._sandbox import read_source
 
-__all__ = ["BUILD_TIMEOUT_S", "DevLoop", "ReloadEvent", "serve_calls"]
+__all__ = ["BUILD_TIMEOUT_S", "DevLoop", "ReloadEvent"]
 
 #: A build command that runs longer than this is killed and reported as failed.
 BUILD_TIMEOUT_S: Final = 300
@@ -194,70 +192,3 @@ def _glob_base(root: Path, pattern: str) -> Path:
 
 def _matches(root: Path, patterns: Iterable[str], path: Path) -> bool:
     return any(fnmatch.fnmatch(str(path), str((root / pattern).resolve())) for pattern in patterns)
-
-
-def serve_calls(host: Host, listen: str) -> http.server.ThreadingHTTPServer:
-    """Serve plugin calls over HTTP on `listen` (HOST:PORT, meant for 127.0.0.1) on a background thread.
-
-    `POST /call/PLUGIN/EXPORT` with the input as the body answers 200 with the
-    output; 422 for a non-zero status (header `X-Wasmkv-Status`), 404 for an
-    unknown plugin or export, 500 for a trap or timeout (the reason in the body).
-    `GET /plugins` lists the plugins, their versions and entry points as JSON.
-    """
-    address, _, port = listen.rpartition(":")
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path != "/plugins":
-                self._reply(404, b"try GET /plugins or POST /call/PLUGIN/EXPORT\n")
-                return
-            listing = {
-                name: {"version": plugin.version, "tenant": plugin.tenant.name, "exports": plugin.exports}
-                for name, plugin in host.plugins.items()
-            }
-            self._reply(200, json.dumps(listing, indent=2).encode() + b"\n", "application/json")
-
-        def do_POST(self) -> None:
-            parts = self.path.strip("/").split("/")
-            if len(parts) != 3 or parts[0] != "call":
-                self._reply(404, b"POST /call/PLUGIN/EXPORT\n")
-                return
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            try:
-                plugin = host.plugin(parts[1])
-            except UnknownPlugin:
-                self._reply(404, f"no plugin {parts[1]!r}\n".encode())
-                return
-            try:
-                output = plugin.call(parts[2], body)
-            except UnknownExport as exc:
-                self._reply(404, f"{exc}\n".encode())
-            except PluginStatusError as exc:
-                self._reply(422, exc.output, headers={"X-Wasmkv-Status": str(exc.status)})
-            except PluginError as exc:
-                self._reply(500, f"{exc}\n".encode())
-            else:
-                self._reply(200, output)
-
-        def _reply(
-            self,
-            code: int,
-            body: bytes,
-            content_type: str = "application/octet-stream",
-            headers: dict[str, str] | None = None,
-        ) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            # Reload lines are the dev loop's output; per-request access logs would drown them.
-            return
-
-    server = http.server.ThreadingHTTPServer((address, int(port)), Handler)
-    threading.Thread(target=server.serve_forever, name="wasmkv-dev-http", daemon=True).start()
-    return server

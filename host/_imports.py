@@ -77,7 +77,7 @@ def safe_text(raw: bytes) -> str:
 
 
 class PluginLog:
-    """A plugin's log for one call at a time: escaped lines, at most `LOG_BYTES_PER_CALL` bytes per call."""
+    """A plugin's log for one call at a time: escaped lines, at most `LOG_BYTES_PER_CALL` characters per call."""
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
@@ -87,16 +87,24 @@ class PluginLog:
         """Start counting a new call's log volume."""
         self.written = 0
 
+    @property
+    def full(self) -> bool:
+        """Whether this call has used up its log volume."""
+        return self.written >= LOG_BYTES_PER_CALL
+
     def write(self, level: int, raw: bytes) -> None:
         """Log one message at `level`, escaped; past the per-call cap, say so once and drop the rest."""
-        if self.written > LOG_BYTES_PER_CALL:
+        if self.full or not self.logger.isEnabledFor(level):
             return
-        self.written += len(raw)
-        if self.written > LOG_BYTES_PER_CALL:
+        text = safe_text(raw)
+        room = LOG_BYTES_PER_CALL - self.written
+        self.written += len(text)
+        if len(text) > room:
+            # Escapes make text longer than the bytes it came from: the cap counts what is written.
+            self.logger.log(level, "%s", text[:room])
             self.logger.warning("log truncated: this call wrote over %d bytes of log", LOG_BYTES_PER_CALL)
             return
-        if self.logger.isEnabledFor(level):
-            self.logger.log(level, "%s", safe_text(raw))
+        self.logger.log(level, "%s", text)
 
 
 class _NoMemory:
@@ -381,5 +389,5 @@ class AbiImports:
 
     def _log(self, s: Slots) -> None:
         log = self.log
-        if log.written <= LOG_BYTES_PER_CALL:  # past the cap, not even read
+        if not log.full:  # past the cap, the text is not even read
             log.write(_LOG_LEVELS.get(s[0], logging.INFO), self._read(s[4], s[8]))

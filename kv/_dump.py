@@ -110,8 +110,12 @@ def export_tenant(store: KvStore, tenant: str, out: BinaryIO, *, buckets: Sequen
     return count
 
 
-def import_dump(store: KvStore, source: BinaryIO, *, tenant: str | None = None) -> ImportReport:
-    """Load a dump written by `export_tenant` into `tenant` (default: the dump's own tenant).
+def import_dump(store: KvStore, source: BinaryIO, *, tenant: str) -> ImportReport:
+    """Load a dump written by `export_tenant` into `tenant`.
+
+    The caller names the tenant: a dump is input from outside, and the tenant
+    its header names (where it was exported from) decides nothing. Importing
+    into another tenant than the dump's copies the state.
 
     Two passes over the dump. The first checks everything before any write: the
     header, every record (bucket name, key, value and TTL against the tenant's
@@ -142,11 +146,10 @@ def import_dump(store: KvStore, source: BinaryIO, *, tenant: str | None = None) 
         BackendUnavailable: if the engine fails.
         OSError: if reading the dump fails.
     """
-    if tenant is not None:
-        check_name("tenant", tenant)
+    check_name("tenant", tenant)
     with _seekable(source) as (stream, start, size):
         reader = _DumpReader(stream, start, size)
-        name = reader.tenant if tenant is None else tenant
+        name = tenant
         target = store.tenant(name)
         quota = target.quota
         engine = store.engine

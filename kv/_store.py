@@ -61,7 +61,7 @@ def _batch_fast_path(keys: list[Key], max_key_bytes: int) -> list[bytes] | None:
     if not keys:
         return None
     kinds = set(map(type, keys))
-    if kinds != {bytes} and kinds != {str}:
+    if kinds not in ({bytes}, {str}):
         return None
     lengths = list(map(len, keys))
     if min(lengths) < 1 or max(lengths) > max_key_bytes:

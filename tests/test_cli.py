@@ -109,7 +109,7 @@ def test_export_then_import_round_trips_a_tenant(built: Path, tmp_path: Path) ->
 
 def test_import_of_a_bad_file_changes_nothing_and_says_why(tmp_path: Path) -> None:
     (tmp_path / "bad.bin").write_bytes(b"\x93not a dump")
-    result = wasmkv("import", "bad.bin", "--state", "s", cwd=tmp_path)
+    result = wasmkv("import", "bad.bin", "--state", "s", "--tenant", "acme", cwd=tmp_path)
     assert result.returncode == 2
     assert "dump" in result.stderr
     assert "tenant" not in wasmkv("inspect", "--state", "s", cwd=tmp_path).stdout

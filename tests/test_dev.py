@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import sys
@@ -14,10 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import wasmtime
 from wat import versioned
 
-from wasmkv import host, kv
+from wasmkv import host
 
 
 def replace(path: Path, text: str) -> None:

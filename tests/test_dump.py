@@ -133,7 +133,7 @@ def test_a_tenant_moves_to_redis_and_back_with_every_bucket_listed(source: kv.Kv
     data = export_bytes(source)
     servers = _servers.single() if url == "redis" else _servers.cluster()
     with kv.KvStore.from_url(servers.url, key_prefix=f"t{uuid.uuid4().hex[:12]}", sweep_interval_s=None) as remote:
-        assert import_dump(remote, io.BytesIO(data)).keys == 7
+        assert import_dump(remote, io.BytesIO(data), tenant="acme").keys == 7
         # Every engine lists a tenant's buckets, so an export needs no --bucket on Redis either.
         assert remote.engine.buckets("acme") == ["counters", "default", "z-last"]
         again = export_bytes(remote)
@@ -154,7 +154,7 @@ def test_export_then_import_round_trips_every_bucket_key_value_and_ttl(
     fill(source)
     data = export_bytes(source)
     clock.tick(3)  # the time between export and import
-    report = import_dump(target, io.BytesIO(data))
+    report = import_dump(target, io.BytesIO(data), tenant="acme")
     assert report == ImportReport(tenant="acme", keys=7, buckets=("counters", "default", "z-last"))
     assert snapshot(target) == (snapshot(source)[0], decode(data))
     session = target.tenant("acme").bucket("default").ttl("session")
@@ -178,7 +178,9 @@ def test_import_rejects_an_invalid_tenant_override(source: kv.KvStore) -> None:
 
 
 def test_import_of_an_empty_dump_writes_nothing(target: kv.KvStore) -> None:
-    assert import_dump(target, io.BytesIO(dump_bytes())) == ImportReport(tenant="acme", keys=0, buckets=())
+    assert import_dump(target, io.BytesIO(dump_bytes()), tenant="acme") == ImportReport(
+        tenant="acme", keys=0, buckets=()
+    )
     assert target.tenant("acme").usage() == kv.Usage()
 
 
@@ -188,7 +190,7 @@ def test_import_onto_existing_keys_counts_each_overwrite_once_against_the_quota(
     data = dump_bytes(
         ["default", "k1", b"A", None], ["default", "k2", b"B", 1000], ["default", "k3", b"CCCCCCCC", None]
     )
-    report = import_dump(target, io.BytesIO(data))
+    report = import_dump(target, io.BytesIO(data), tenant="acme")
     assert report.keys == 3
     assert target.tenant("acme").usage() == kv.Usage(keys=3, bytes=6 + 1 + 1 + 8)
     assert bucket.get_many(["k1", "k2", "k3"]) == [b"A", b"B", b"CCCCCCCC"]
@@ -204,7 +206,7 @@ def test_a_key_repeated_in_a_dump_counts_once_and_its_last_record_wins(target: k
         ["default", "m", b"only", 7000],
         ["default", "m", b"last", None],
     )
-    assert import_dump(target, io.BytesIO(data)).keys == 2
+    assert import_dump(target, io.BytesIO(data), tenant="acme").keys == 2
     bucket = target.tenant("acme").bucket()
     assert bucket.get_many(["k", "m"]) == [b"second", b"last"]
     assert (bucket.ttl("k"), bucket.ttl("m")) == (5000, None)
@@ -216,7 +218,7 @@ def test_import_allows_an_overwrite_that_shrinks_before_one_that_grows_at_a_full
     tenant.bucket("a").set("k", b"x" * 10)
     tenant.bucket("b").set("k", b"y" * 10)  # 22 bytes: full
     data = dump_bytes(["a", "k", b"x" * 5, None], ["b", "k", b"y" * 15, None])
-    import_dump(target, io.BytesIO(data))
+    import_dump(target, io.BytesIO(data), tenant="acme")
     assert tenant.usage() == kv.Usage(keys=2, bytes=22)
 
 
@@ -227,7 +229,7 @@ def test_import_rejects_a_grow_before_a_shrink_that_the_store_would_refuse_part_
     before = snapshot(target)
     data = dump_bytes(["a", "k", b"x" * 15, None], ["b", "k", b"y" * 5, None])
     with pytest.raises(kv.QuotaExceeded, match=r"max_bytes is 22, 22 in use and this import adds 0 \(5 part-way\)"):
-        import_dump(target, io.BytesIO(data))
+        import_dump(target, io.BytesIO(data), tenant="acme")
     assert snapshot(target) == before
 
 
@@ -236,7 +238,7 @@ def test_import_does_not_spend_the_tenants_rate_limit(source: kv.KvStore, target
     source.tenant("acme", kv.Quota(ops_per_second=1))
     data = export_bytes(source)
     target.tenant("acme", kv.Quota(ops_per_second=1))
-    assert import_dump(target, io.BytesIO(data)).keys == 7
+    assert import_dump(target, io.BytesIO(data), tenant="acme").keys == 7
 
 
 def test_import_writes_batches_across_many_buckets_and_keys(source: kv.KvStore, target: kv.KvStore) -> None:
@@ -249,7 +251,7 @@ def test_import_writes_batches_across_many_buckets_and_keys(source: kv.KvStore, 
             )
     tenant.bucket("two").set_with_ttl("key01500", b"ttl", 9000)
     target.tenant("acme", quota)
-    report = import_dump(target, io.BytesIO(export_bytes(source)))
+    report = import_dump(target, io.BytesIO(export_bytes(source)), tenant="acme")
     assert report == ImportReport(tenant="acme", keys=5000, buckets=("one", "two"))
     assert snapshot(target) == snapshot(source)
 
@@ -258,7 +260,7 @@ def test_a_seekable_dump_may_start_past_the_beginning_of_its_file(source: kv.KvS
     fill(source)
     stream = io.BytesIO(b"preamble" + export_bytes(source))
     stream.seek(len(b"preamble"))
-    assert import_dump(target, stream).keys == 7
+    assert import_dump(target, stream, tenant="acme").keys == 7
 
 
 def test_import_reads_a_dump_from_a_pipe(source: kv.KvStore, target: kv.KvStore) -> None:
@@ -274,7 +276,7 @@ def test_import_reads_a_dump_from_a_pipe(source: kv.KvStore, target: kv.KvStore)
     feeder.start()
     with os.fdopen(read_fd, "rb") as reader:
         assert not reader.seekable()
-        report = import_dump(target, reader)
+        report = import_dump(target, reader, tenant="acme")
     feeder.join()
     assert report.keys == 7
     assert snapshot(target) == snapshot(source)
@@ -303,14 +305,14 @@ def test_import_reads_a_dump_from_a_non_seekable_generator_stream(source: kv.KvS
     fill(source)
     data = export_bytes(source)
     chunks = (data[i : i + 7] for i in range(0, len(data), 7))
-    assert import_dump(target, io.BufferedReader(ChunkedReader(chunks))).keys == 7
+    assert import_dump(target, io.BufferedReader(ChunkedReader(chunks)), tenant="acme").keys == 7
     assert snapshot(target) == snapshot(source)
 
 
 def test_a_bad_dump_from_a_pipe_changes_nothing(target: kv.KvStore) -> None:
     stream = io.BufferedReader(ChunkedReader(iter([dump_bytes(["default", "k", b"v", None])[:-1]])))
     with pytest.raises(kv.InvalidArgument, match="truncated after record 1: no trailer"):
-        import_dump(target, stream)
+        import_dump(target, stream, tenant="acme")
     assert target.tenant("acme").usage() == kv.Usage()
 
 
@@ -330,7 +332,7 @@ def test_export_and_import_of_20000_keys_stream_in_bounded_memory(tmp_path: Path
         with path.open("wb") as out:
             export_peak = peak_bytes_of(lambda: export_tenant(source, "acme", out))
         with path.open("rb") as dump:
-            import_peak = peak_bytes_of(lambda: import_dump(target, dump))
+            import_peak = peak_bytes_of(lambda: import_dump(target, dump, tenant="acme"))
 
         assert target.tenant("acme").usage() == source.tenant("acme").usage()
     assert export_peak < 2_000_000
@@ -503,7 +505,7 @@ def test_a_bad_dump_raises_and_changes_nothing(target: kv.KvStore, case: str) ->
     tenant.bucket("b1").set_with_ttl("k", b"ttl", 60_000)
     before = snapshot(target)
     with pytest.raises(error, match=message):
-        import_dump(target, io.BytesIO(data))
+        import_dump(target, io.BytesIO(data), tenant="acme")
     assert snapshot(target) == before
 
 
@@ -512,5 +514,5 @@ def test_a_bad_record_after_many_good_batches_changes_nothing(target: kv.KvStore
     good = [["default", f"key{i:05}", b"v", None] for i in range(2500)]
     data = dump_bytes(*good, ["default", "zzz", b"v", -1])
     with pytest.raises(kv.InvalidArgument, match="dump record 2501: ttl_ms"):
-        import_dump(target, io.BytesIO(data))
+        import_dump(target, io.BytesIO(data), tenant="acme")
     assert target.tenant("acme").usage() == kv.Usage()

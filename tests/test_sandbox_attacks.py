@@ -1,0 +1,277 @@
+"""Hostile plugins against the sandbox: each attack runs in a fresh process whose memory and time are measured.
+
+Every attack here broke the host once (host RSS +1 GB, a call 8 s past its
+deadline, another tenant stalled for seconds); each test fails if it would again.
+Bounds are generous (they must hold on a loaded 2-core machine); the figures
+themselves are measured in bench/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import msgpack
+import pytest
+
+from wasmkv import host, kv
+from wasmkv.host._imports import packed_values_size
+
+#: How much a process's peak RSS may grow during an attack; the attacks below reached 1-2 GB.
+RSS_BOUND_MIB = 100
+
+PRELUDE = textwrap.dedent(
+    """
+    import json, resource, sys, threading, time
+    from wasmkv import host, kv
+
+    def peak_mib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    RESULT = {}
+    """
+)
+
+
+def measured(code: str, timeout_s: float = 120) -> dict[str, Any]:
+    """Run `code` after PRELUDE in a fresh interpreter; the RESULT dict it fills, plus its threads left."""
+    script = (
+        PRELUDE
+        + textwrap.dedent(code)
+        + textwrap.dedent(
+            """
+        RESULT["threads_left"] = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+        print(json.dumps(RESULT))
+        """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["threads_left"] == [], "the attack left threads running"
+    return result
+
+
+def test_a_table_grow_bomb_stops_at_table_elements_and_the_host_stays_small() -> None:
+    result = measured(
+        """
+        WAT = '''(module
+          (import "host" "output" (func $out (param i32 i32) (result i32)))
+          (memory (export "memory") 1) (table $t 1 funcref)
+          (func (export "bomb") (result i32)
+            (loop $grow (br_if $grow (i32.ne (table.grow $t (ref.null func) (i32.const 1048576)) (i32.const -1))))
+            (i32.store (i32.const 0) (table.size $t))
+            (drop (call $out (i32.const 0) (i32.const 4)))
+            (i32.const 0)))'''
+        with kv.KvStore.memory() as store, host.Host(store) as h:
+            p = h.load(WAT, name="bomb", tenant="evil", limits=host.Limits(memory_bytes=1 << 20))
+            before = peak_mib()
+            RESULT["size"] = int.from_bytes(p.call("bomb"), "little")
+            RESULT["grew_mib"] = peak_mib() - before
+        """
+    )
+    assert result["size"] == 1  # every grow past the limit fails inside the plugin
+    assert result["grew_mib"] < RSS_BOUND_MIB
+
+
+def test_a_module_with_extra_memories_is_refused_naming_multi_memory() -> None:
+    memories = " ".join(f"(memory $m{i} 1 1024)" for i in range(24))
+    wat = f'(module (memory (export "memory") 1) {memories} (func (export "go") (result i32) (i32.const 0)))'
+    with (
+        kv.KvStore.memory() as store,
+        host.Host(store) as wasm_host,
+        pytest.raises(host.LoadError, match="uses the WebAssembly multi-memory proposal, which wasmkv turns off"),
+    ):
+        wasm_host.load(wat, name="mem", tenant="evil", limits=host.Limits(memory_bytes=1 << 20))
+
+
+@pytest.mark.parametrize(
+    ("wat", "feature"),
+    [
+        ('(module (memory (export "memory") 1 1 shared))', "threads (shared memory)"),
+        ('(module (memory (export "memory") i64 1))', "memory64"),
+        ('(module (memory (export "memory") 1) (func $f (result i32) (return_call $f)))', "tail calls"),
+        ('(module (memory (export "memory") 1) (tag $t) (func (throw $t)))', "exception handling"),
+    ],
+)
+def test_modules_using_a_proposal_we_turned_off_are_refused_naming_it(wat: str, feature: str) -> None:
+    with (
+        kv.KvStore.memory() as store,
+        host.Host(store) as wasm_host,
+        pytest.raises(host.LoadError, match=re.escape(f"uses the WebAssembly {feature} proposal")),
+    ):
+        wasm_host.load(wat, name="p", tenant="t")
+
+
+def test_a_table_larger_than_table_elements_does_not_load() -> None:
+    wat = '(module (memory (export "memory") 1) (table 70000 funcref))'
+    with (
+        kv.KvStore.memory() as store,
+        host.Host(store) as wasm_host,
+        pytest.raises(host.LoadError, match=r"table_elements=65536"),
+    ):
+        wasm_host.load(wat, name="p", tenant="t")
+
+
+AMPLIFIER = """
+(module
+  (import "kv" "open" (func $open (param i32 i32) (result i32)))
+  (import "kv" "get_many" (func $get_many (param i32 i32 i32 i32 i32) (result i32)))
+  (import "host" "input" (func $input (param i32 i32) (result i32)))
+  (import "host" "output" (func $out (param i32 i32) (result i32)))
+  (memory (export "memory") 1 1)
+  (data (i32.const 0) "default")
+  ;; The request (msgpack: the same key 1000 times) comes as the input; ask only for the reply's length.
+  (func (export "amplify") (result i32) (local $len i32) (local $rc i32)
+    (local.set $len (call $input (i32.const 64) (i32.const 32000)))
+    (local.set $rc (call $get_many (call $open (i32.const 0) (i32.const 7))
+                                   (i32.const 64) (local.get $len) (i32.const 0) (i32.const 0)))
+    (i32.store (i32.const 32768) (local.get $rc))
+    (drop (call $out (i32.const 32768) (i32.const 4)))
+    (i32.const 0)))
+"""
+
+
+def test_get_many_of_one_large_value_repeated_is_refused_before_the_reply_is_built() -> None:
+    result = measured(
+        f"""
+        import msgpack
+        WAT = {AMPLIFIER!r}
+        with kv.KvStore.memory() as store, host.Host(store) as h:
+            store.tenant("evil", kv.Quota(max_bytes=8 << 20)).bucket().set("big", b"x" * (1 << 20))
+            p = h.load(WAT, name="amp", tenant="evil", limits=host.Limits(memory_bytes=1 << 16, deadline_ms=1000))
+            request = msgpack.packb(["big"] * 1000)
+            before = peak_mib()
+            started = time.monotonic()
+            RESULT["rc"] = int.from_bytes(p.call("amplify", request), "little", signed=True)
+            RESULT["seconds"] = time.monotonic() - started
+            RESULT["grew_mib"] = peak_mib() - before
+        """
+    )
+    assert result["rc"] == -3  # VALUE_TOO_LARGE: a 1 GiB reply for a 64 KiB plugin
+    assert result["grew_mib"] < RSS_BOUND_MIB
+    assert result["seconds"] < 1.0
+
+
+def test_another_tenants_calls_keep_being_served_while_one_plugin_amplifies() -> None:
+    result = measured(
+        f"""
+        import msgpack
+        from wasmkv.abi import Status
+        WAT = {AMPLIFIER!r}
+        with kv.KvStore.memory() as store, host.Host(store) as h:
+            store.tenant("evil", kv.Quota(max_bytes=8 << 20)).bucket().set("big", b"x" * (1 << 20))
+            evil = h.load(WAT, name="amp", tenant="evil", limits=host.Limits(memory_bytes=1 << 16))
+            good = h.load('''(module (memory (export "memory") 1) (func (export "ping") (result i32) (i32.const 0)))''',
+                          name="good", tenant="good")
+            request = msgpack.packb(["big"] * 1000)
+            stop = threading.Event()
+            def attack():
+                while not stop.is_set():
+                    evil.call("amplify", request)
+            attacker = threading.Thread(target=attack)
+            attacker.start()
+            worst = 0.0
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                good.call("ping")
+                worst = max(worst, time.monotonic() - started)
+                time.sleep(0.005)
+            stop.set()
+            attacker.join()
+            RESULT["worst_s"] = worst
+        """
+    )
+    # The target (bench/) is 300 ms; the attack used to stall the other tenant for 6 s.
+    assert result["worst_s"] < 1.5
+
+
+def test_a_plugin_looping_on_imports_stops_near_its_deadline() -> None:
+    wat = """(module
+      (import "kv" "open" (func $open (param i32 i32) (result i32)))
+      (import "kv" "exists" (func $exists (param i32 i32 i32) (result i32)))
+      (memory (export "memory") 1) (data (i32.const 0) "default")
+      (func (export "spin") (result i32) (local $h i32)
+        (local.set $h (call $open (i32.const 0) (i32.const 7)))
+        (loop $l (drop (call $exists (local.get $h) (i32.const 0) (i32.const 3))) (br $l)) (i32.const 0)))"""
+    result = measured(
+        f"""
+        with kv.KvStore.memory() as store, host.Host(store) as h:
+            p = h.load({wat!r}, name="spin", tenant="t", limits=host.Limits(deadline_ms=200))
+            started = time.monotonic()
+            try:
+                p.call("spin")
+            except host.PluginTimeout as exc:
+                RESULT["reason"] = exc.reason
+            RESULT["seconds"] = time.monotonic() - started
+        """
+    )
+    assert result["reason"] == "deadline"
+    assert 0.2 <= result["seconds"] < 0.2 + 0.6
+
+
+LOGGER = """(module
+  (import "host" "log" (func $log (param i32 i32 i32)))
+  (import "host" "input" (func $input (param i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "say") (result i32)
+    (call $log (i32.const 1) (i32.const 0) (call $input (i32.const 0) (i32.const 65536))) (i32.const 0))
+  (func (export "flood") (result i32)
+    (loop $l (call $log (i32.const 2) (i32.const 0) (i32.const 60000)) (br $l)) (i32.const 0)))"""
+
+
+def test_plugin_log_lines_cannot_carry_terminal_controls_or_fake_lines(caplog: pytest.LogCaptureFixture) -> None:
+    hostile = b"ok\x1b[2J\x1b]0;pwned\x07\nERROR fake line\r\x00\xc2\x9b\xe2\x80\xae!"
+    with kv.KvStore.memory() as store, host.Host(store) as wasm_host:
+        plugin = wasm_host.load(LOGGER, name="talk", tenant="t")
+        with caplog.at_level("INFO", logger="wasmkv.plugin.talk"):
+            plugin.call("say", hostile)
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert message == "ok\\x1b[2J\\x1b]0;pwned\\x07\\nERROR fake line\\r\\x00\\x9b\\u202e!"
+    assert message.isprintable()
+
+
+def test_a_plugin_flooding_its_log_writes_at_most_64_kib_per_call(caplog: pytest.LogCaptureFixture) -> None:
+    with kv.KvStore.memory() as store, host.Host(store) as wasm_host:
+        plugin = wasm_host.load(LOGGER, name="flood", tenant="t", limits=host.Limits(deadline_ms=300))
+        with caplog.at_level("INFO", logger="wasmkv.plugin.flood"), pytest.raises(host.PluginTimeout):
+            plugin.call("flood")
+    written = sum(len(record.getMessage()) for record in caplog.records)
+    assert written <= 64 * 1024 + 200
+    assert caplog.records[-1].getMessage() == "log truncated: this call wrote over 65536 bytes of log"
+    assert sum("truncated" in record.getMessage() for record in caplog.records) == 1
+
+
+def test_the_get_many_reply_length_is_computed_exactly() -> None:
+    for values in (
+        [],
+        [None],
+        [b""],
+        [b"x" * 255, b"x" * 256, b"x" * 65535, b"x" * 65536, None] * 3,
+        [None] * 15,
+        [None] * 16,
+        [b"v"] * 70000,
+    ):
+        assert packed_values_size(values) == len(msgpack.packb(values, use_bin_type=True))
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_every_key_of_a_batch_is_validated_whatever_key_comes_first(kind: type) -> None:
+    with kv.KvStore.memory() as store:
+        bucket = store.tenant("t").bucket()
+        odd: Any = kind(b"b")
+        for call in (
+            lambda: bucket.set_many([(b"a", b"1"), (odd, b"2")]),
+            lambda: bucket.delete_many([b"a", odd]),
+            lambda: bucket.get_many([b"a", odd]),
+        ):
+            with pytest.raises(kv.InvalidKey, match=f"key must be str \\(or its UTF-8 bytes\\), got {kind.__name__}"):
+                call()
+        assert bucket.list_keys().keys == []
