@@ -48,6 +48,7 @@ bench: plugins
 	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_host.py
 	$(BIN)/python bench/bench_dev.py
+	$(BIN)/python bench/bench_sandbox.py
 	$(BIN)/python tests/ensure_redis.py
 	$(BIN)/python bench/bench_cluster.py
 

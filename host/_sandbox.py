@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Final
 
@@ -132,9 +133,17 @@ class Sandbox:
             return engine
 
     def _tick(self) -> None:
-        while not self._stop.wait(EPOCH_TICK_MS / 1000):
+        # Ticks on a fixed schedule, so waits do not add up to drift; ticks missed while the thread
+        # could not run are skipped, never made up in a burst, which would end calls early.
+        period = EPOCH_TICK_MS / 1000
+        next_at = time.monotonic() + period
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             for engine in list(self._engines.values()):
                 engine.increment_epoch()
+            next_at += period
+            now = time.monotonic()
+            if next_at < now:
+                next_at = now + period
 
     @staticmethod
     def deadline_ticks(limits: Limits) -> int:
