@@ -354,7 +354,13 @@ class LmdbStore:
             return BackendUnavailable("the store is closed")
         if isinstance(exc, lmdb.MapFullError):
             size = self._env.info()["map_size"]
-            return BackendUnavailable(f"the store at {self.path} is full (map_size {size} bytes)")
+            return BackendUnavailable(
+                f"the store at {self.path} is full (map_size {size} bytes): delete keys, or reopen it with a larger map"
+            )
+        if "No space left on device" in str(exc):
+            return BackendUnavailable(
+                f"the disk under the store at {self.path} is full: free space on it, then retry (nothing was written)"
+            )
         return BackendUnavailable(f"the store at {self.path} failed: {exc}")
 
     @contextmanager
