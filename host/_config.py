@@ -37,6 +37,7 @@ sources = ["plugins/counter.c"]     # globs watched by `wasmkv dev`
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shlex
 import sys
@@ -59,6 +60,7 @@ DEFAULT_DEV_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 DEFAULT_DEV_WORKERS: Final = 8
 
 T = TypeVar("T")
+_log = logging.getLogger("wasmkv.config")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -121,20 +123,42 @@ class Config:
         """The directory relative paths are resolved against."""
         return self.path.parent
 
-    def open_store(self) -> kv.KvStore:
-        """Open the configured store, with every declared tenant's quota registered.
+    def open_store(self, **overrides: Any) -> kv.KvStore:
+        """Open the configured store (`overrides` replace its options), creating the declared tenants.
+
+        A tenant of `[tenants]` that has no record gets the configured quota.
+        One that has a record keeps it (the store is the truth, so hosts with
+        different configs never flip a quota back and forth); where the two
+        differ, one warning line names the fields.
 
         Raises:
             kv.BackendUnavailable: if the store cannot be opened.
             kv.InvalidArgument: if a store option is refused.
         """
+        options = {**self.store.options, **overrides}
         if self.store.url is not None:
-            store = kv.KvStore.from_url(self.store.url, **self.store.options)
+            store = kv.KvStore.from_url(self.store.url, **options)
         else:
             assert self.store.path is not None
-            store = kv.KvStore.open(self.store.path, **self.store.options)
-        for name, quota in self.tenants.items():
-            store.tenant(name, quota)
+            store = kv.KvStore.open(self.store.path, **options)
+        try:
+            for name, quota in self.tenants.items():
+                stored = store.ensure_tenant(name, quota).quota
+                if stored != quota:
+                    fields = ", ".join(
+                        f"{field} {mine} here, {theirs} stored"
+                        for field, (mine, theirs) in quota.differences(stored).items()
+                    )
+                    _log.warning(
+                        "%s: tenant %s keeps its stored quota (%s); change it with `wasmkv tenant set-quota %s`",
+                        self.path,
+                        name,
+                        fields,
+                        name,
+                    )
+        except BaseException:
+            store.close()
+            raise
         return store
 
 

@@ -37,7 +37,7 @@ from ._rules import (
     Usage,
     check_name,
 )
-from ._store import DEFAULT_SWEEP_INTERVAL_S, Bucket, KvStore, Tenant
+from ._store import DEFAULT_SWEEP_INTERVAL_S, DEFAULT_TENANT_REFRESH_S, Bucket, KvStore, Tenant
 
 __all__ = [
     "BACKENDS",
@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
     "DEFAULT_READ_CACHE_MS",
     "DEFAULT_SWEEP_INTERVAL_S",
+    "DEFAULT_TENANT_REFRESH_S",
     "DUMP_FORMAT",
     "DUMP_VERSION",
     "MAX_NAME_CHARS",

@@ -201,6 +201,30 @@ class SyncBridge:
         """
         return self._call(self.async_store.buckets(tenant))
 
+    def tenant_quota(self, tenant: str) -> Quota | None:
+        """The quota stored with the tenant, or None if it has no record.
+
+        Raises:
+            BackendUnavailable: as `get`.
+        """
+        return self._call(self.async_store.tenant_quota(tenant))
+
+    def put_tenant_quota(self, tenant: str, quota: Quota, *, only_if_absent: bool = False) -> Quota:
+        """Store the tenant's quota atomically (only if it has none, with `only_if_absent`); the quota stored now.
+
+        Raises:
+            BackendUnavailable: as `get`.
+        """
+        return self._call(self.async_store.put_tenant_quota(tenant, quota, only_if_absent=only_if_absent))
+
+    def delete_tenant(self, tenant: str) -> int:
+        """Remove every key of the tenant, its usage and its record; the number of keys removed.
+
+        Raises:
+            BackendUnavailable: as `get`.
+        """
+        return self._call(self.async_store.delete_tenant(tenant))
+
     def close(self) -> None:
         """Run the async store's `aclose` on the loop, then stop the loop thread; idempotent.
 

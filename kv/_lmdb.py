@@ -9,6 +9,9 @@ open one directory and LMDB serializes their writers.
 
 The record layout (values with expiries, long keys in boxes, the expiry index)
 is in `kv._lmdb_layout`; this module owns the environment and its transactions.
+Two more databases: `tenants` (tenant → its stored quota) and `meta` (the
+store's format version, checked when a store opens: an older format is upgraded
+in place, a newer one refused).
 
 Usage counts stored records, so it can only overstate live usage; a write that
 fails the quota check sweeps the tenant's expired records and checks again,
@@ -33,6 +36,7 @@ from ._lmdb_layout import (
     NO_TTL,
     Writer,
     expiry_of,
+    is_box,
     is_live,
     live_value,
     lookup,
@@ -40,6 +44,7 @@ from ._lmdb_layout import (
     replace,
     scan,
     stored_len,
+    unbox,
 )
 from ._rules import (
     Clock,
@@ -60,6 +65,9 @@ __all__ = [
 
 #: The data and lock files are private to the user running the store.
 _FILE_MODE: Final = 0o600
+#: The layout this code writes. 1: data, expiry and usage (the first release); 2: adds tenant records.
+STORE_FORMAT: Final = 2
+_FORMAT_KEY: Final = b"format"
 #: Address space reserved for the data file; the file itself grows only as data is written.
 DEFAULT_MAP_SIZE_BYTES: Final = 64 * 1024**3
 
@@ -81,6 +89,31 @@ class _Shared:
 # on the same directory shares one entry here.
 _registry_lock = threading.Lock()
 _registry: dict[str, _Shared] = {}
+
+
+def _check_format(env: lmdb.Environment, path: str) -> None:
+    """Record this code's format in a new store, upgrade an older one in place, refuse a newer one.
+
+    Raises:
+        BackendUnavailable: if the store was written by a newer wasmkv, or cannot be written.
+    """
+    try:
+        with env.begin(write=True) as txn:
+            meta = env.open_db(b"meta", txn=txn)
+            raw = txn.get(_FORMAT_KEY, db=meta)
+            found = 1 if raw is None else int(raw) if bytes(raw).isdigit() else None
+            if found is None or found > STORE_FORMAT:
+                shown = "unreadable" if found is None else str(found)
+                raise BackendUnavailable(
+                    f"the store at {path} has store format {shown}, newer than this wasmkv reads "
+                    f"({STORE_FORMAT}): open it with a newer wasmkv"
+                )
+            # Format 1 to 2 adds the (empty) tenants database: nothing to rewrite.
+            env.open_db(b"tenants", txn=txn)
+            if found < STORE_FORMAT or raw is None:
+                txn.put(_FORMAT_KEY, str(STORE_FORMAT).encode(), db=meta)
+    except lmdb.Error as exc:
+        raise BackendUnavailable(f"cannot open the store at {path}: {exc}") from exc
 
 
 class LmdbStore:
@@ -113,7 +146,7 @@ class LmdbStore:
                     env = lmdb.open(
                         self.path,
                         map_size=map_size,
-                        max_dbs=4,
+                        max_dbs=8,
                         sync=fsync,
                         metasync=fsync,
                         # readahead only helps scans of data that is not cached; point reads dominate.
@@ -126,6 +159,11 @@ class LmdbStore:
                 if env.max_key_size() != MAX_LMDB_KEY:
                     env.close()
                     raise BackendUnavailable(f"this LMDB build allows {env.max_key_size()}-byte keys; wasmkv needs 511")
+                try:
+                    _check_format(env, self.path)
+                except BaseException:
+                    env.close()
+                    raise
                 entry = _registry[self.path] = _Shared(env, fsync, map_size)
             elif (entry.fsync, entry.map_size) != (fsync, map_size):
                 # One environment serves the whole process, so a second open cannot change its settings.
@@ -139,6 +177,7 @@ class LmdbStore:
         self._data = self._env.open_db(b"data")
         self._expiry = self._env.open_db(b"expiry")
         self._usage = self._env.open_db(b"usage")
+        self._tenants = self._env.open_db(b"tenants")
 
     # -- reads: one read transaction each, no lock ---------------------------------------------
 
@@ -223,9 +262,42 @@ class LmdbStore:
         return keys, False
 
     def tenants(self) -> list[str]:
-        """Every tenant that has written to this store, in byte order (each keeps a usage record)."""
+        """Every tenant with a stored quota or data in this store, in byte order."""
         with self._read() as txn:
-            return [bytes(name).decode() for name in txn.cursor(db=self._usage).iternext(keys=True, values=False)]
+            names = {bytes(name) for name in txn.cursor(db=self._usage).iternext(keys=True, values=False)}
+            names.update(bytes(name) for name in txn.cursor(db=self._tenants).iternext(keys=True, values=False))
+        return [name.decode() for name in sorted(names)]
+
+    def tenant_quota(self, tenant: str) -> Quota | None:
+        """The quota stored with the tenant, or None if it has no record."""
+        with self._read() as txn:
+            record = txn.get(tenant.encode(), db=self._tenants)
+            return None if record is None else Quota.from_record(bytes(record))
+
+    def put_tenant_quota(self, tenant: str, quota: Quota, *, only_if_absent: bool = False) -> Quota:
+        """Store the tenant's quota atomically (only if it has none, with `only_if_absent`); the quota stored now."""
+        with self._write() as txn:
+            name = tenant.encode()
+            if only_if_absent and (record := txn.get(name, db=self._tenants)) is not None:
+                return Quota.from_record(bytes(record))
+            txn.put(name, quota.to_record(), db=self._tenants)
+            return quota
+
+    def delete_tenant(self, tenant: str) -> int:
+        """Remove every key of the tenant, its expiry index, its usage and its record; the number of keys removed."""
+        prefix = tenant.encode() + b"\0"
+        removed = 0
+        with self._write() as txn:
+            for db, count in ((self._data, True), (self._expiry, False)):
+                cursor = txn.cursor(db=db)
+                found = cursor.set_range(prefix)
+                while found and bytes(cursor.key()).startswith(prefix):
+                    if count:
+                        removed += len(unbox(cursor.value())) if is_box(cursor.value()) else 1
+                    found = cursor.delete()
+            txn.delete(prefix[:-1], db=self._usage)
+            txn.delete(prefix[:-1], db=self._tenants)
+        return removed
 
     def buckets(self, tenant: str) -> list[str]:
         """The tenant's buckets that hold at least one stored record, in byte order."""

@@ -33,6 +33,7 @@ __all__ = [
     "Writer",
     "encode_record",
     "expiry_of",
+    "is_box",
     "is_live",
     "live_value",
     "lookup",
@@ -40,6 +41,7 @@ __all__ = [
     "replace",
     "scan",
     "stored_len",
+    "unbox",
     "value_of",
 ]
 
@@ -90,7 +92,13 @@ def read_usage(txn: lmdb.Transaction, db: lmdb._Database, tenant: bytes) -> tupl
     return int.from_bytes(raw[:8], "big", signed=True), int.from_bytes(raw[8:16], "big", signed=True)
 
 
-def _unbox(box: bytes | memoryview) -> list[list[bytes]]:
+def is_box(record: bytes | memoryview) -> bool:
+    """Whether a stored record is a box of several long keys rather than one value."""
+    return record[0] == _BOX
+
+
+def unbox(box: bytes | memoryview) -> list[list[bytes]]:
+    """The `[tail, record]` entries of a box."""
     entries: list[list[bytes]] = msgpack.unpackb(bytes(box[1:]))
     return entries
 
@@ -105,7 +113,7 @@ def lookup(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes, key: bytes)
     if box is None:
         return None
     tail = key[head:]
-    for entry_tail, record in _unbox(box):
+    for entry_tail, record in unbox(box):
         if entry_tail == tail:
             return record
     return None
@@ -125,7 +133,7 @@ def replace(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes, key: bytes
     full = prefix + key[:head]
     tail = key[head:]
     box = txn.get(full, db=db)
-    entries = {} if box is None else {entry_tail: entry for entry_tail, entry in _unbox(box)}
+    entries = {} if box is None else {entry_tail: entry for entry_tail, entry in unbox(box)}
     old_entry = entries.pop(tail, None)
     if record is not None:
         entries[tail] = record
@@ -146,7 +154,7 @@ def scan(cursor: lmdb.Cursor, prefix: bytes, start: bytes) -> Iterator[tuple[byt
             return
         if record[0] == _BOX:
             key_head = bytes(full[base:])
-            for tail, entry in _unbox(record):
+            for tail, entry in unbox(record):
                 yield key_head + tail, entry
         else:
             yield bytes(full[base:]), record

@@ -63,10 +63,19 @@ class Store(Protocol):
         """Reclaim up to `limit` expired keys now; the number reclaimed (0 when there is nothing to do)."""
 
     def tenants(self) -> list[str]:
-        """Every tenant that has written to this store, in byte order."""
+        """Every tenant with a stored quota or data in this store, in byte order."""
 
     def buckets(self, tenant: str) -> list[str]:
         """The tenant's buckets that hold at least one stored key, in byte order."""
+
+    def tenant_quota(self, tenant: str) -> Quota | None:
+        """The quota stored with the tenant, or None if it has no record."""
+
+    def put_tenant_quota(self, tenant: str, quota: Quota, *, only_if_absent: bool = False) -> Quota:
+        """Store the tenant's quota atomically (only if it has none, with `only_if_absent`); the quota stored now."""
+
+    def delete_tenant(self, tenant: str) -> int:
+        """Remove every key of the tenant, its usage and its record; the number of keys removed."""
 
     def close(self) -> None:
         """Release the engine; idempotent."""
@@ -124,6 +133,15 @@ class AsyncStore(Protocol):
 
     async def buckets(self, tenant: str) -> list[str]:
         """As `Store.buckets`."""
+
+    async def tenant_quota(self, tenant: str) -> Quota | None:
+        """As `Store.tenant_quota`."""
+
+    async def put_tenant_quota(self, tenant: str, quota: Quota, *, only_if_absent: bool = False) -> Quota:
+        """As `Store.put_tenant_quota`."""
+
+    async def delete_tenant(self, tenant: str) -> int:
+        """As `Store.delete_tenant`."""
 
     async def aclose(self) -> None:
         """As `Store.close`."""

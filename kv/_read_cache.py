@@ -151,6 +151,22 @@ class ReadCache:
         """As `Store.buckets`."""
         return await self.engine.buckets(tenant)
 
+    async def tenant_quota(self, tenant: str) -> Quota | None:
+        """As `Store.tenant_quota`."""
+        return await self.engine.tenant_quota(tenant)
+
+    async def put_tenant_quota(self, tenant: str, quota: Quota, *, only_if_absent: bool = False) -> Quota:
+        """As `Store.put_tenant_quota`."""
+        return await self.engine.put_tenant_quota(tenant, quota, only_if_absent=only_if_absent)
+
+    async def delete_tenant(self, tenant: str) -> int:
+        """As `Store.delete_tenant`; forgets everything cached."""
+        try:
+            return await self.engine.delete_tenant(tenant)
+        finally:
+            self._epoch += 1
+            self._cache.clear()
+
     async def aclose(self) -> None:
         """Close the engine."""
         self._cache.clear()

@@ -21,7 +21,10 @@ over several nodes; tenants spread over the cluster)::
     P:{T}:u       hash    keys, bytes: every stored record of the tenant, expired or not yet swept
     P:{T}:o:<id>  string  a write's result, kept `timeout_s` + 5 s, so a resent write runs once
     P:{T}:b       set     the tenant's buckets that hold keys (kept by the write scripts)
-    P:tenants     set     every tenant that has written (outside any hash tag: it spans tenants)
+    P:{T}:q       string  the tenant's quota (msgpack), if it has a record
+    P:tenants     set     every tenant with a record or data (outside any hash tag: it spans tenants)
+    P:format      string  the store format (2); a store of the first format (no such key) is upgraded
+                          in place on first use: its tenant and bucket sets are built by a SCAN
 
 redis-py resends a command whose connection dropped (a failover, or its own
 topology refresh closing busy connections) although the server may already
@@ -68,6 +71,8 @@ __all__ = [
 DEFAULT_KEY_PREFIX: Final = "wkv"
 #: The most one operation (retries across a failover included) may take before `BackendUnavailable`.
 DEFAULT_REDIS_TIMEOUT_S: Final = 2.0
+#: The layout this code writes. 1: the first release; 2: adds the tenant, bucket and quota records.
+STORE_FORMAT: Final = 2
 #: How much longer than `timeout_s` a write's record (its exactly-once guard) stays on the server.
 _OP_RECORD_MARGIN_MS: Final = 5000
 
@@ -149,6 +154,9 @@ class RedisStore:
     def _tenants_key(self) -> bytes:
         return f"{self.key_prefix}:tenants".encode()
 
+    def _format_key(self) -> bytes:
+        return f"{self.key_prefix}:format".encode()
+
     # -- the edge: every call to Redis goes through here ---------------------------------------
 
     async def _guard(self, call: Awaitable[T]) -> T:
@@ -157,13 +165,13 @@ class RedisStore:
             _discard(call)
             raise BackendUnavailable("the store is closed")
         try:
+            if not self._ready:
+                try:
+                    await self._initialize()
+                except BaseException:
+                    _discard(call)
+                    raise
             async with asyncio.timeout(self.timeout_s):
-                if not self._ready:
-                    try:
-                        await self._initialize()
-                    except BaseException:
-                        _discard(call)
-                        raise
                 return await call
         except DRIVER_ERRORS as exc:
             raise translate(self.where, self.timeout_s, exc) from exc
@@ -173,9 +181,35 @@ class RedisStore:
         # MOVED replies make redis-py rebuild its topology under busy connections; load the map once first.
         async with self._init_lock:
             if not self._ready:
-                if isinstance(self.client, RedisCluster):
-                    await self.client.initialize()
+                async with asyncio.timeout(self.timeout_s):
+                    if isinstance(self.client, RedisCluster):
+                        await self.client.initialize()
+                    raw = cast(bytes | None, await self.client.get(self._format_key()))
+                # An upgrade is not bound by one operation's timeout (each of its commands is).
+                await self._check_format(raw)
                 self._ready = True
+
+    async def _check_format(self, raw: bytes | None) -> None:
+        """Record the store format, upgrading a first-format store in place; refuse a newer one."""
+        if raw is not None:
+            found = int(raw) if bytes(raw).isdigit() else None
+            if found is None or found > STORE_FORMAT:
+                shown = "unreadable" if found is None else str(found)
+                raise BackendUnavailable(
+                    f"{self.where} (key prefix {self.key_prefix!r}) has store format {shown}, newer than this "
+                    f"wasmkv reads ({STORE_FORMAT}): open it with a newer wasmkv"
+                )
+            return
+        # No format key: a new store, or one of the first format, which kept no sets of tenants and
+        # buckets. Build them from the tenants' index keys; an empty store costs one SCAN that finds nothing.
+        pattern = f"{self.key_prefix}:{{*}}:i:*".encode()
+        async for key in self.client.scan_iter(match=pattern, count=1000):
+            tenant, bucket = _tenant_and_bucket(bytes(key), len(self.key_prefix) + 2)
+            base = self._base(tenant)
+            if await self.client.zcard(key):
+                await self.client.sadd(base + b"b", bucket)
+                await self.client.sadd(self._tenants_key(), tenant)
+        await self.client.set(self._format_key(), str(STORE_FORMAT), nx=True)
 
     async def _script(self, script: AsyncScript, base: bytes, keys: list[bytes], args: list[Any]) -> list[Any]:
         result: list[Any] = await self._guard(script(keys=keys, args=[base, *args]))
@@ -267,6 +301,61 @@ class RedisStore:
         """
         names = cast(set[bytes], await self._guard(self.client.smembers(self._base(tenant) + b"b")))
         return [name.decode() for name in sorted(names)]
+
+    async def tenant_quota(self, tenant: str) -> Quota | None:
+        """The quota stored with the tenant, or None if it has no record.
+
+        Raises:
+            BackendUnavailable: as `get`.
+        """
+        record = cast(bytes | None, await self._guard(self.client.get(self._base(tenant) + b"q")))
+        return None if record is None else Quota.from_record(record)
+
+    async def put_tenant_quota(self, tenant: str, quota: Quota, *, only_if_absent: bool = False) -> Quota:
+        """Store the tenant's quota atomically (only if it has none, with `only_if_absent`); the quota stored now.
+
+        Raises:
+            BackendUnavailable: as `get`.
+        """
+        key = self._base(tenant) + b"q"
+        stored = await self._guard(self.client.set(key, quota.to_record(), nx=only_if_absent))
+        await self._guard(self.client.sadd(self._tenants_key(), tenant))
+        self._known_tenants.add(tenant)
+        if stored:
+            return quota
+        existing = await self.tenant_quota(tenant)
+        return quota if existing is None else existing
+
+    async def delete_tenant(self, tenant: str) -> int:
+        """Remove every key of the tenant, its usage and its record; the number of keys removed.
+
+        Not atomic: a write the tenant makes meanwhile may survive it. All the tenant's keys
+        share one slot, so each batch is one multi-key UNLINK.
+
+        Raises:
+            BackendUnavailable: as `get`.
+        """
+        base = self._base(tenant)
+
+        async def remove() -> int:
+            data = base + b"d:"
+            removed = 0
+            batch: list[bytes] = []
+            async for key in self.client.scan_iter(match=base + b"*", count=1000):
+                batch.append(key)
+                removed += key.startswith(data)
+                if len(batch) == 500:
+                    await self.client.unlink(*batch)
+                    batch = []
+            if batch:
+                await self.client.unlink(*batch)
+            await self.client.srem(self._tenants_key(), tenant)
+            return removed
+
+        removed = await self._guard(remove())
+        self._known_tenants.discard(tenant)
+        self._ttl_tenants.pop(tenant, None)
+        return removed
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -409,3 +498,9 @@ def _discard(call: Awaitable[Any]) -> None:
     # A call that will never be awaited is closed, or Python warns about it when it is collected.
     if isinstance(call, Coroutine):
         call.close()
+
+
+def _tenant_and_bucket(index_key: bytes, start: int) -> tuple[str, bytes]:
+    """The tenant and bucket of an index key `P:{T}:i:B`, reading from `start` (just past `P:{`)."""
+    close = index_key.index(b"}:i:", start)
+    return index_key[start:close].decode(), index_key[close + 4 :]

@@ -20,9 +20,11 @@ import msgpack
 
 from ..abi import BATCH_MAX_ITEMS, LIST_MAX_LIMIT
 from ._errors import (
+    BackendUnavailable,
     IntegerOverflow,
     InvalidArgument,
     InvalidKey,
+    KvError,
     NotANumber,
     QuotaExceeded,
     RateLimited,
@@ -87,6 +89,32 @@ class Quota:
             raise quota_exceeded("max_keys", self.max_keys, usage.keys, add_keys)
         if add_bytes > 0 and usage.bytes + add_bytes > self.max_bytes:
             raise quota_exceeded("max_bytes", self.max_bytes, usage.bytes, add_bytes)
+
+    def to_record(self) -> bytes:
+        """The quota as engines store it with the tenant: a msgpack map of its fields."""
+        return msgpack.packb(dataclasses.asdict(self))
+
+    @classmethod
+    def from_record(cls, record: bytes) -> Quota:
+        """A quota stored with `to_record`; a field it lacks (a newer wasmkv may add some) takes its default.
+
+        Raises:
+            BackendUnavailable: if the record is not one `to_record` wrote (the store is damaged).
+        """
+        try:
+            fields = msgpack.unpackb(record)
+            known = {field.name for field in dataclasses.fields(cls)}
+            return cls(**{name: value for name, value in fields.items() if name in known})
+        except (ValueError, TypeError, AttributeError, KvError) as exc:
+            raise BackendUnavailable(f"a stored tenant record is damaged: {exc}") from None
+
+    def differences(self, other: Quota) -> dict[str, tuple[object, object]]:
+        """The fields where `other` differs: name -> (this quota's value, the other's)."""
+        return {
+            field.name: (getattr(self, field.name), getattr(other, field.name))
+            for field in dataclasses.fields(self)
+            if getattr(self, field.name) != getattr(other, field.name)
+        }
 
 
 def quota_exceeded(field: str, limit: int, used: int, adds: object, *, what: str = "this write") -> QuotaExceeded:

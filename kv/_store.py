@@ -7,6 +7,7 @@ applies) and hands engines only valid input; see `kv._protocol.Store`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -37,6 +38,7 @@ from ._rules import (
 
 __all__ = [
     "DEFAULT_SWEEP_INTERVAL_S",
+    "DEFAULT_TENANT_REFRESH_S",
     "Bucket",
     "KvStore",
     "Tenant",
@@ -44,6 +46,8 @@ __all__ = [
 
 #: How often the background sweeper reclaims the space of expired keys.
 DEFAULT_SWEEP_INTERVAL_S: Final = 1.0
+#: How stale a process's copy of a tenant's stored quota may get: a quota change reaches every process within it.
+DEFAULT_TENANT_REFRESH_S: Final = 1.0
 #: Expired keys one engine `sweep` call reclaims at most, so a sweep never holds the engine for long.
 _SWEEP_BATCH: Final = 1000
 
@@ -92,9 +96,11 @@ class KvStore:
         clock: Clock = time.time,
         sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S,
         on_close: Callable[[], None] | None = None,
+        tenant_refresh_s: float = DEFAULT_TENANT_REFRESH_S,
     ) -> None:
         self.engine = engine
         self.clock = clock
+        self.tenant_refresh_s = tenant_refresh_s
         self._tenants: dict[str, Tenant] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -173,23 +179,71 @@ class KvStore:
         return cls(opened.engine, clock=clock, sweep_interval_s=sweep_interval_s, on_close=opened.on_close)
 
     def tenant(self, name: str, quota: Quota | None = None) -> Tenant:
-        """The tenant called `name`, with `quota` (or the default `Quota()`).
+        """The tenant called `name`; with `quota`, first store that quota as the tenant's.
 
-        Asking again for the same name returns the same tenant; passing a
-        quota replaces its quota for later operations.
+        A tenant's quota is stored with its data, so every process and host
+        that opens the store enforces the same one. Without `quota`, the tenant
+        has its stored quota (the default `Quota()` if it has no record).
+        Storing a quota is atomic and reaches every other process within
+        `tenant_refresh_s` (1 s); a quota below the tenant's usage is allowed
+        (writes that grow it fail until usage drops). Asking again for the same
+        name returns the same tenant.
 
         Raises:
             InvalidArgument: if the name is not 1-64 chars of `[A-Za-z0-9_-]` or `quota` is not a `Quota`.
+            BackendUnavailable: if the engine cannot read or store the record.
         """
         check_name("tenant", name)
         if quota is not None and not isinstance(quota, Quota):
             raise InvalidArgument(f"quota must be a kv.Quota, got {type(quota).__name__}")
+        tenant = self._tenant(name)
+        if quota is not None:
+            tenant.set_quota(quota)
+        return tenant
+
+    def ensure_tenant(self, name: str, quota: Quota) -> Tenant:
+        """The tenant called `name`, storing `quota` as its quota only if it has no record yet.
+
+        Where the stored quota differs from `quota`, the stored one wins (so
+        hosts configured differently never flip a quota back and forth):
+        compare `tenant.quota` with `quota` to report it.
+
+        Raises:
+            InvalidArgument, BackendUnavailable: as `tenant`.
+        """
+        check_name("tenant", name)
+        if not isinstance(quota, Quota):
+            raise InvalidArgument(f"quota must be a kv.Quota, got {type(quota).__name__}")
+        tenant = self._tenant(name)
+        tenant._use(self.engine.put_tenant_quota(name, quota, only_if_absent=True))
+        return tenant
+
+    def tenants(self) -> list[str]:
+        """Every tenant with a stored quota or data in this store, in byte order.
+
+        Raises:
+            BackendUnavailable: if the engine fails.
+        """
+        return self.engine.tenants()
+
+    def delete_tenant(self, name: str) -> int:
+        """Remove all of a tenant's keys, in every bucket, and its record; the number of keys removed.
+
+        Raises:
+            InvalidArgument: if the name is not a valid tenant name.
+            BackendUnavailable: if the engine fails.
+        """
+        check_name("tenant", name)
+        removed = self.engine.delete_tenant(name)
+        with self._lock:
+            self._tenants.pop(name, None)
+        return removed
+
+    def _tenant(self, name: str) -> Tenant:
         with self._lock:
             tenant = self._tenants.get(name)
             if tenant is None:
-                tenant = self._tenants[name] = Tenant(self, name, quota or Quota())
-            elif quota is not None:
-                tenant.set_quota(quota)
+                tenant = self._tenants[name] = Tenant(self, name)
             return tenant
 
     def sweep(self) -> int:
@@ -231,19 +285,48 @@ class KvStore:
 
 
 class Tenant:
-    """One tenant of a store: a quota shared by all its buckets."""
+    """One tenant of a store: a quota, stored with the tenant and shared by all its buckets."""
 
-    def __init__(self, store: KvStore, name: str, quota: Quota) -> None:
+    def __init__(self, store: KvStore, name: str) -> None:
         self.store = store
         self.name = name
-        self.quota = quota
+        self._quota = Quota()
         self._limiter: RateLimiter | None = None
-        self.set_quota(quota)
+        self._fetched_at = -math.inf
+
+    @property
+    def quota(self) -> Quota:
+        """The tenant's quota: the stored one, as read at most `tenant_refresh_s` ago (default `Quota()`)."""
+        if time.monotonic() - self._fetched_at > self.store.tenant_refresh_s:
+            self._refresh()
+        return self._quota
+
+    def _refresh(self) -> None:
+        try:
+            stored = self.store.engine.tenant_quota(self.name)
+        except BackendUnavailable:
+            # Keep the quota last read; the operation under way meets the same engine and says so.
+            self._fetched_at = time.monotonic()
+            return
+        self._use(Quota() if stored is None else stored)
+
+    def _use(self, quota: Quota) -> None:
+        if quota != self._quota or (self._limiter is None) != (quota.ops_per_second is None):
+            rate = quota.ops_per_second
+            self._limiter = None if rate is None else RateLimiter(rate, time.monotonic)
+            self._quota = quota
+        self._fetched_at = time.monotonic()
 
     def set_quota(self, quota: Quota) -> None:
-        """Replace the quota; data already stored stays, further growth is checked against the new one."""
-        self.quota = quota
-        self._limiter = None if quota.ops_per_second is None else RateLimiter(quota.ops_per_second, time.monotonic)
+        """Store a new quota for this tenant, atomically, for every process; data already stored stays.
+
+        Raises:
+            InvalidArgument: if `quota` is not a `Quota`.
+            BackendUnavailable: if the engine cannot store it.
+        """
+        if not isinstance(quota, Quota):
+            raise InvalidArgument(f"quota must be a kv.Quota, got {type(quota).__name__}")
+        self._use(self.store.engine.put_tenant_quota(self.name, quota))
 
     def bucket(self, name: str = "default") -> Bucket:
         """The bucket called `name` in this tenant.
@@ -321,8 +404,9 @@ class Bucket:
         Raises:
             InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited: as named; nothing is written.
         """
-        value = check_value(value, self.tenant.quota.max_value_bytes)
-        self._engine.set(self._ns, self._key(key), value, None, self.tenant.quota)
+        quota = self.tenant.quota
+        value = check_value(value, quota.max_value_bytes)
+        self._engine.set(self._ns, self._key(key), value, None, quota)
 
     def set_with_ttl(self, key: Key, value: bytes, ttl_ms: int) -> None:
         """Store `value` at `key`, to expire `ttl_ms` milliseconds from now.
@@ -331,9 +415,10 @@ class Bucket:
             InvalidArgument: unless 0 < ttl_ms <= `MAX_TTL_MS`.
             InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited: as named; nothing is written.
         """
-        value = check_value(value, self.tenant.quota.max_value_bytes)
+        quota = self.tenant.quota
+        value = check_value(value, quota.max_value_bytes)
         ttl_ms = check_ttl_ms(ttl_ms)
-        self._engine.set(self._ns, self._key(key), value, ttl_ms, self.tenant.quota)
+        self._engine.set(self._ns, self._key(key), value, ttl_ms, quota)
 
     def delete(self, key: Key) -> bool:
         """Remove `key`; True if it existed (and had not expired).
@@ -383,15 +468,15 @@ class Bucket:
         Raises:
             InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited: as named; nothing is written.
         """
-        max_value_bytes = self.tenant.quota.max_value_bytes
+        quota = self.tenant.quota
         if expected is not None:
             # No size limit on `expected`: a value longer than any storable one simply never matches.
             if not isinstance(expected, bytes | bytearray | memoryview):
                 raise InvalidArgument(f"expected must be bytes or None, got {type(expected).__name__}")
             expected = bytes(expected)
-        new = check_value(new, max_value_bytes)
+        new = check_value(new, quota.max_value_bytes)
         raw = self._key(key)
-        return self._engine.compare_and_swap(self._ns, raw, expected, new, self.tenant.quota)
+        return self._engine.compare_and_swap(self._ns, raw, expected, new, quota)
 
     def list_keys(self, prefix: str = "", cursor: str | None = None, limit: int = DEFAULT_LIST_LIMIT) -> KeyPage:
         """One page of the keys starting with `prefix`, in the byte order of their UTF-8.
@@ -441,10 +526,10 @@ class Bucket:
         for pair in pairs:
             if not isinstance(pair, tuple) or len(pair) != 2:
                 raise InvalidArgument(f"set_many takes a mapping or (key, value) pairs, got {pair!r:.80}")
-        max_value_bytes = self.tenant.quota.max_value_bytes
-        values = [check_value(value, max_value_bytes) for _, value in pairs]
+        quota = self.tenant.quota
+        values = [check_value(value, quota.max_value_bytes) for _, value in pairs]
         raw = self._keys(key for key, _ in pairs)
-        self._engine.set_many(self._ns, list(zip(raw, values, strict=True)), self.tenant.quota)
+        self._engine.set_many(self._ns, list(zip(raw, values, strict=True)), quota)
 
     def delete_many(self, keys: Iterable[Key]) -> int:
         """Remove several keys at once; the number that existed. At most 1000 keys.

@@ -21,6 +21,7 @@ class SlowStore:
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
         self.data: dict[bytes, bytes] = {}
+        self.quotas: dict[str, kv.Quota] = {}
         self.cancelled = 0
         self.closed = 0
         self.loops: set[int] = set()
@@ -105,6 +106,24 @@ class SlowStore:
         await self._pause()
         return ["default"] if self.data and tenant == "acme" else []
 
+    async def tenant_quota(self, tenant: str) -> kv.Quota | None:
+        await self._pause()
+        return self.quotas.get(tenant)
+
+    async def put_tenant_quota(self, tenant: str, quota: kv.Quota, *, only_if_absent: bool = False) -> kv.Quota:
+        await self._pause()
+        if only_if_absent:
+            return self.quotas.setdefault(tenant, quota)
+        self.quotas[tenant] = quota
+        return quota
+
+    async def delete_tenant(self, tenant: str) -> int:
+        await self._pause()
+        removed = len(self.data)
+        self.data.clear()
+        self.quotas.pop(tenant, None)
+        return removed
+
     async def aclose(self) -> None:
         self.closed += 1
 
@@ -128,6 +147,13 @@ def test_the_bridge_is_a_store_and_passes_every_call_through() -> None:
         assert bridge.tenants() == ["acme"]
         assert bridge.buckets("acme") == ["default"]
         assert bridge.buckets("other") == []
+        small = kv.Quota(max_keys=3)
+        assert bridge.tenant_quota("acme") is None
+        assert bridge.put_tenant_quota("acme", small, only_if_absent=True) == small
+        assert bridge.put_tenant_quota("acme", QUOTA, only_if_absent=True) == small
+        assert bridge.put_tenant_quota("acme", QUOTA) == QUOTA
+        assert bridge.tenant_quota("acme") == QUOTA
+        assert bridge.delete_tenant("acme") == 1
 
 
 def test_a_store_error_reaches_the_caller_unchanged() -> None:

@@ -311,12 +311,12 @@ def test_every_key_of_a_tenant_lives_in_one_slot() -> None:
     # values, the usage hash, expiry zset and ttl hash, two bucket indexes, the bucket set, three write records
     assert len(names) == 52 + 3 + 2 + 1 + 3
     assert slots == {_slot_of("acme", servers)}
-    # The one key outside any tenant's slot is the set of tenant names.
+    # The only keys outside any tenant's slot: the set of tenant names, and the store's format.
     every: set[bytes] = set()
     for node in servers.live_nodes():
         with node.client() as conn:
             every.update(conn.scan_iter(match=f"{prefix}:*", count=1000))
-    assert sorted(every - set(names)) == [f"{prefix}:tenants".encode()]
+    assert sorted(every - set(names)) == [f"{prefix}:format".encode(), f"{prefix}:tenants".encode()]
 
 
 def _slot_of(tenant: str, servers: _servers.RedisClusterServers) -> int:
