@@ -353,7 +353,7 @@ def _store(table: _Reader | None, root: Path) -> StoreConfig:
     backend = kv.BACKENDS["lmdb"]
     if url is not None:
         try:
-            backend, _ = kv.backend_for(url)
+            backend, _, _ = kv.backend_for(url)
         except kv.InvalidArgument as exc:
             raise table.error("store.url", str(exc)) from None
     allowed = {**backend.options, **kv.COMMON_OPTIONS}
@@ -363,11 +363,10 @@ def _store(table: _Reader | None, root: Path) -> StoreConfig:
             continue
         option = allowed.get(name)
         if option is None:
-            takers = sorted(other.name for other in kv.BACKENDS.values() if name in other.options)
+            takers = sorted({other.kind for other in kv.BACKENDS.values() if name in other.options})
             if takers:
-                raise table.error(
-                    f"store.{name}", f"applies to a {' or '.join(takers)} store only, not to {backend.name}"
-                )
+                only = " or ".join(takers)
+                raise table.error(f"store.{name}", f"applies to {only} only, not to {backend.kind}")
             continue  # `done` below reports it as unknown
         value = table.get(name, option.kind, None, option.check)
         if value is not None:

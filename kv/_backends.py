@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -22,6 +24,7 @@ from ._rules import Clock, check_name
 __all__ = [
     "BACKENDS",
     "COMMON_OPTIONS",
+    "PASSWORD_VARIABLE",
     "Backend",
     "Opened",
     "Option",
@@ -29,6 +32,8 @@ __all__ = [
     "check_options",
 ]
 
+#: The environment variable a Redis password may come from, so that it never has to be on a command line.
+PASSWORD_VARIABLE: Final = "WASMKV_REDIS_PASSWORD"
 #: How much longer than a Redis store's own operation timeout the sync bridge waits before giving up.
 _BRIDGE_GRACE_S: Final = 1.0
 
@@ -56,6 +61,24 @@ class Option:
     kind: type
     help: str
     check: Callable[[Any], str | None] | None = None
+
+    def parse(self, name: str, text: str) -> Any:
+        """The value a URL's query gives for this option (`?timeout_s=2&key_prefix=app`), checked.
+
+        Raises:
+            InvalidArgument: naming the option and what is wrong.
+        """
+        value: object = text
+        try:
+            if self.kind is bool:
+                value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[text.lower()]
+            elif self.kind is int:
+                value = int(text)
+            elif self.kind is float:
+                value = float(text)
+        except (KeyError, ValueError):
+            raise InvalidArgument(f"store option {name} must be {_KIND_NAMES[self.kind]}, got {text!r}") from None
+        return self.validate(name, value)
 
     def validate(self, name: str, value: object) -> Any:
         """`value` if it has this option's type and passes its check (an int is a valid float).
@@ -89,6 +112,8 @@ class Backend:
     """A kind of store: its name, its options, and how to open its engine at a location."""
 
     name: str
+    #: What it is, for messages ("a Redis store").
+    kind: str
     options: Mapping[str, Option]
     open: Callable[[str, dict[str, Any], Clock], Opened]
     #: Whether its engine honours an injected clock (a server's expiries follow the server's own).
@@ -105,6 +130,8 @@ _LOCAL_OPTIONS: Final[Mapping[str, Option]] = {
 }
 
 _REDIS_OPTIONS: Final[Mapping[str, Option]] = {
+    "password": Option(str, "the Redis password (else the URL's, else $WASMKV_REDIS_PASSWORD); keep it out of argv"),
+    "tls_ca_file": Option(str, "a PEM file of the CAs to trust for rediss:// (default: the system's)"),
     "timeout_s": Option(float, "the most one operation may take, retries across a failover included", _positive),
     "read_cache_size": Option(int, "entries of the per-host read cache; 0 turns it off", _non_negative),
     "read_cache_ms": Option(int, "how stale a cached read may be, in milliseconds", _positive),
@@ -140,6 +167,7 @@ def _open_redis(location: str, options: dict[str, Any], clock: Clock) -> Opened:
 
     cache_size = options.pop("read_cache_size", 0)
     cache_ms = options.pop("read_cache_ms", None)
+    options.setdefault("password", os.environ.get(PASSWORD_VARIABLE) or None)
     engine = RedisStore.from_url(location, **options)
     async_engine: Any = engine
     if cache_size:
@@ -148,47 +176,78 @@ def _open_redis(location: str, options: dict[str, Any], clock: Clock) -> Opened:
     return Opened(SyncBridge(async_engine, timeout_s=engine.timeout_s + _BRIDGE_GRACE_S))
 
 
-_LMDB = Backend("lmdb", _LOCAL_OPTIONS, _open_lmdb, honours_clock=True)
+_LMDB = Backend("lmdb", "an embedded (LMDB) store", _LOCAL_OPTIONS, _open_lmdb, honours_clock=True)
 #: Every backend by the scheme of its URL; a plain path is the embedded store.
 BACKENDS: Final[Mapping[str, Backend]] = {
     "lmdb": _LMDB,
-    "memory": Backend("memory", {}, _open_memory, honours_clock=True),
-    "redis": Backend("redis", _REDIS_OPTIONS, _open_redis, honours_clock=False),
-    "redis+cluster": Backend("redis+cluster", _REDIS_OPTIONS, _open_redis, honours_clock=False),
+    "memory": Backend("memory", "a memory store", {}, _open_memory, honours_clock=True),
+    **{
+        scheme: Backend(scheme, "a Redis store", _REDIS_OPTIONS, _open_redis, honours_clock=False)
+        for scheme in ("redis", "redis+cluster", "rediss", "rediss+cluster")
+    },
 }
+_SCHEMES: Final = "a path, lmdb://, memory:, redis://, rediss://, redis+cluster:// or rediss+cluster://"
 
 
-def backend_for(url: str) -> tuple[Backend, str]:
-    """The backend a store URL names, and the location to open (a directory for LMDB, the URL for Redis).
+def backend_for(url: str) -> tuple[Backend, str, dict[str, Any]]:
+    """The backend a store URL names, the location to open, and the options its query sets.
 
     - a plain path or `lmdb:///abs/path`: the embedded store
     - `memory:`: the embedded store in a scratch directory in RAM, removed on close
-    - `redis://host:port/db`: one Redis node
-    - `redis+cluster://host:port[,host:port...]`: a Redis Cluster, any nodes as startup nodes
+    - `redis://host:port/db`, `rediss://...` (TLS): one Redis node
+    - `redis+cluster://host:port[,host:port...]`, `rediss+cluster://...` (TLS): a Redis Cluster,
+      any nodes as startup nodes
+
+    A URL (not a plain path) may carry the backend's options as its query:
+    `redis://127.0.0.1:6379/0?key_prefix=app&timeout_s=2`. The location
+    returned is the URL without them.
 
     Raises:
-        InvalidArgument: if the scheme is unknown or the URL malformed.
+        InvalidArgument: if the scheme is unknown, the URL malformed, or a query option unknown or invalid.
     """
     if not isinstance(url, str):
         raise InvalidArgument(f"store URL must be a str, got {type(url).__name__}")
     scheme, sep, rest = url.partition(":")
     if not sep or "/" in scheme or len(scheme) == 1:  # no scheme, a relative path, or a Windows drive
-        return _LMDB, url
+        return _LMDB, url, {}
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        raise InvalidArgument(f"{url!r} is neither a store URL nor a directory path without a colon")
+    rest, _, query = rest.partition("?")
+    scheme = scheme.lower()
+    backend = BACKENDS.get(scheme)
+    if backend is None:
+        raise InvalidArgument(f"unknown store URL scheme {scheme!r} in {url!r}: use {_SCHEMES}")
+    options = _query_options(backend, url, query)
     if scheme == "lmdb":
         path = rest.removeprefix("//")
         if not path.startswith("/"):
             raise InvalidArgument(f"an lmdb URL needs an absolute path (lmdb:///abs/path), got {url!r}")
-        return _LMDB, path
+        return backend, path, options
     if scheme == "memory":
         if rest.strip("/"):
             raise InvalidArgument(f"a memory URL takes no path (memory:), got {url!r}")
-        return BACKENDS["memory"], ""
-    backend = BACKENDS.get(scheme)
-    if backend is None:
-        raise InvalidArgument(
-            f"unknown store URL scheme {scheme!r} in {url!r}: use a path, lmdb://, memory:, redis:// or redis+cluster://"
-        )
-    return backend, url
+        return backend, "", options
+    return backend, f"{scheme}:{rest}", options
+
+
+def _query_options(backend: Backend, url: str, query: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if not query:
+        return options
+    try:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise InvalidArgument(f"malformed query in store URL {url!r}: expected name=value&...") from None
+    allowed = {**backend.options, **COMMON_OPTIONS}
+    for name, text in pairs:
+        option = allowed.get(name)
+        if option is None:
+            takes = ", ".join(sorted(allowed))
+            raise InvalidArgument(f"unknown option {name!r} in store URL {url!r} (a {backend.name} store takes {takes})")
+        if name in options:
+            raise InvalidArgument(f"option {name!r} is given twice in store URL {url!r}")
+        options[name] = option.parse(name, text)
+    return options
 
 
 def check_options(backend: Backend, options: Mapping[str, object]) -> dict[str, Any]:

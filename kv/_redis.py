@@ -126,10 +126,14 @@ class RedisStore:
         key_prefix: str = DEFAULT_KEY_PREFIX,
         timeout_s: float = DEFAULT_REDIS_TIMEOUT_S,
         max_connections: int = 100,
+        password: str | None = None,
+        tls_ca_file: str | None = None,
     ) -> RedisStore:
-        """A store on `redis://[user:password@]host:port[/db]` or `redis+cluster://host:port[,host:port...]`.
+        """A store on a Redis URL (`redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`).
 
         Connects lazily: an unreachable server is reported by the first operation.
+        `password` is used when the URL carries none; `tls_ca_file` names the CAs
+        a TLS server's certificate is checked against.
 
         Raises:
             InvalidArgument: if the URL or an option is malformed.
@@ -137,7 +141,9 @@ class RedisStore:
         timeout_s = check_timeout(timeout_s)
         if type(max_connections) is not int or max_connections < 1:
             raise InvalidArgument(f"max_connections must be an int >= 1, got {max_connections!r}")
-        client, where = connect(url, timeout_s=timeout_s, max_connections=max_connections)
+        client, where = connect(
+            url, timeout_s=timeout_s, max_connections=max_connections, password=password, tls_ca_file=tls_ca_file
+        )
         return cls(client, key_prefix=key_prefix, timeout_s=timeout_s, where=where)
 
     # -- key names -----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio
@@ -27,9 +27,20 @@ def check_timeout(timeout_s: object) -> float:
     return float(timeout_s)
 
 
-def connect(url: str, *, timeout_s: float, max_connections: int) -> tuple[Client, str]:
-    """A client for `redis://[user:password@]host:port[/db]` or `redis+cluster://host:port[,host:port...]`,
-    and a description of where it points for messages. Connects lazily.
+def connect(
+    url: str,
+    *,
+    timeout_s: float,
+    max_connections: int,
+    password: str | None = None,
+    tls_ca_file: str | None = None,
+) -> tuple[Client, str]:
+    """A client for a Redis URL, and a description of where it points for messages. Connects lazily.
+
+    `redis://[user:password@]host:port[/db]` and `redis+cluster://host:port[,host:port...]`;
+    `rediss://` and `rediss+cluster://` are the same over TLS, checking the
+    server's certificate against `tls_ca_file` (default: the system's CAs).
+    `password` is used when the URL carries none.
 
     Raises:
         InvalidArgument: if the URL is malformed or not a Redis URL.
@@ -37,34 +48,41 @@ def connect(url: str, *, timeout_s: float, max_connections: int) -> tuple[Client
     # The driver gives up on one socket well inside our per-operation bound, so it can retry once.
     socket_timeout = timeout_s / 2
     parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    tls = scheme.startswith("rediss")
+    tls_options: dict[str, Any] = {"ssl_ca_certs": tls_ca_file} if tls and tls_ca_file else {}
     try:
-        if parts.scheme == "redis":
+        if scheme in ("redis", "rediss"):
             client: Client = redis.asyncio.Redis.from_url(
                 url,
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=socket_timeout,
                 max_connections=max_connections,
+                **({"password": password} if password and not parts.password else {}),
+                **tls_options,
             )
             return client, f"Redis at {parts.hostname}:{parts.port or 6379}"
-        if parts.scheme == "redis+cluster":
+        if scheme in ("redis+cluster", "rediss+cluster"):
             nodes = [_parse_node(url, address) for address in parts.netloc.rpartition("@")[2].split(",")]
             if parts.path not in ("", "/", "/0"):
                 raise InvalidArgument(f"a Redis Cluster has only database 0, got {url!r}")
-            user, _, password = parts.netloc.rpartition("@")[0].partition(":")
+            user, _, url_password = parts.netloc.rpartition("@")[0].partition(":")
             client = RedisCluster(
                 startup_nodes=[ClusterNode(host, port) for host, port in nodes],
                 username=unquote(user) or None,
-                password=unquote(password) or None,
+                password=unquote(url_password) or password or None,
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=socket_timeout,
                 max_connections=max_connections,
                 # Serve the slots that are up while another node fails over.
                 require_full_coverage=False,
+                ssl=tls,
+                **tls_options,
             )
             return client, "Redis Cluster at " + ",".join(f"{host}:{port}" for host, port in nodes)
     except (ValueError, redis.exceptions.RedisClusterException) as exc:
         raise InvalidArgument(f"malformed Redis URL {url!r}: {exc}") from exc
-    raise InvalidArgument(f"not a Redis URL (redis:// or redis+cluster://): {url!r}")
+    raise InvalidArgument(f"not a Redis URL (redis://, rediss://, redis+cluster://, rediss+cluster://): {url!r}")
 
 
 def _parse_node(url: str, address: str) -> tuple[str, int]:

@@ -51,6 +51,13 @@ DEFAULT_TENANT_REFRESH_S: Final = 1.0
 #: Expired keys one engine `sweep` call reclaims at most, so a sweep never holds the engine for long.
 _SWEEP_BATCH: Final = 1000
 
+
+class _Unset:
+    """The type of `_UNSET`: an argument left out, as opposed to one passed as None."""
+
+
+_UNSET: Final = _Unset()
+
 Key = str | bytes
 """A key: a str, or its UTF-8 bytes (as plugins pass them)."""
 
@@ -147,27 +154,35 @@ class KvStore:
         url: str,
         *,
         clock: Clock = time.time,
-        sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S,
+        sweep_interval_s: float | _Unset | None = _UNSET,
         **options: Any,
     ) -> KvStore:
         """Open the store a URL names (see `kv.BACKENDS` for every backend and its options).
 
         - a plain path or `lmdb:///abs/path`: `KvStore.open` (option `fsync`)
         - `memory:`: `KvStore.memory`
-        - `redis://host:port/db`: one Redis node
-        - `redis+cluster://host:port[,host:port...]`: a Redis Cluster, any nodes as startup nodes
+        - `redis://host:port/db`, `rediss://...` (TLS): one Redis node
+        - `redis+cluster://host:port[,host:port...]`, `rediss+cluster://...` (TLS): a Redis
+          Cluster, any nodes as startup nodes
 
         Redis options: `timeout_s` (per operation, default 2 s), `read_cache_size`
-        (0 = off), `read_cache_ms`, `key_prefix`, `max_connections`.
-        redis-py is imported only for a Redis URL. `clock` is honoured by the
-        embedded engine; a server expires keys by its own clock.
+        (0 = off), `read_cache_ms`, `key_prefix`, `max_connections`, `password`
+        (else the URL's, else `$WASMKV_REDIS_PASSWORD`), `tls_ca_file`. Options
+        may also come in the URL's query (`?key_prefix=app&timeout_s=2`); a
+        keyword overrides the query. redis-py is imported only for a Redis URL.
+        `clock` is honoured by the embedded engine; a server expires keys by its own clock.
 
         Raises:
             InvalidArgument: if the URL scheme is unknown, the URL malformed or an option unknown or invalid.
             BackendUnavailable: if a local store cannot be opened (Redis connects lazily:
                 its first operation reports an unreachable server).
         """
-        backend, location = backend_for(url)
+        backend, location, from_query = backend_for(url)
+        options = {**from_query, **options}
+        if not isinstance(sweep_interval_s, _Unset):
+            options.pop("sweep_interval_s", None)
+        else:
+            sweep_interval_s = options.pop("sweep_interval_s", DEFAULT_SWEEP_INTERVAL_S)
         opened = backend.open(location, check_options(backend, options), clock)
         return cls(opened.engine, clock=clock, sweep_interval_s=sweep_interval_s, on_close=opened.on_close)
 

@@ -88,11 +88,14 @@ def test_an_empty_config_uses_the_defaults(tmp_path: Path) -> None:
         ("colour = 1", r"colour: unknown key \(allowed here: store, cache, dev, tenants, plugins\)"),
         ("[store]\npath = 3", r"store\.path: must be a string, got an integer"),
         ("[store]\npath = 'a'\nurl = 'redis://x'", r"store: set either path \(the embedded store\) or url"),
-        ("[store]\nurl = 'redis://x'\nfsync = true", r"store\.fsync: applies to a lmdb store only, not to redis"),
+        (
+            "[store]\nurl = 'redis://x'\nfsync = true",
+            r"store\.fsync: applies to an embedded \(LMDB\) store only, not to a Redis store",
+        ),
         ("[store]\nbogus = 1", r"store\.bogus: unknown key"),
         (
             "[store]\npath = 'x'\ntimeout_s = 1",
-            r"store\.timeout_s: applies to a redis or redis\+cluster store only, not to lmdb",
+            r"store\.timeout_s: applies to a Redis store only, not to an embedded \(LMDB\) store",
         ),
         ("[store]\nurl = 'redis://x'\ntimeout_s = -1", r"store\.timeout_s: must be positive, got -1"),
         ("[cache]\nenabled = 'yes'", r"cache\.enabled: must be a boolean, got a string"),
