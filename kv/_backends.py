@@ -243,7 +243,7 @@ def _query_options(backend: Backend, url: str, query: str) -> dict[str, Any]:
         option = allowed.get(name)
         if option is None:
             takes = ", ".join(sorted(allowed))
-            raise InvalidArgument(f"unknown option {name!r} in store URL {url!r} (a {backend.name} store takes {takes})")
+            raise InvalidArgument(f"unknown option {name!r} in store URL {url!r} ({backend.kind} takes {takes})")
         if name in options:
             raise InvalidArgument(f"option {name!r} is given twice in store URL {url!r}")
         options[name] = option.parse(name, text)
