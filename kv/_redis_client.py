@@ -58,7 +58,7 @@ def connect(
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=socket_timeout,
                 max_connections=max_connections,
-                **({"password": password} if password and not parts.password else {}),
+                password=None if parts.password else password,
                 **tls_options,
             )
             return client, f"Redis at {parts.hostname}:{parts.port or 6379}"

@@ -179,12 +179,11 @@ class KvStore:
         """
         backend, location, from_query = backend_for(url)
         options = {**from_query, **options}
+        interval: float | None = options.pop("sweep_interval_s", DEFAULT_SWEEP_INTERVAL_S)
         if not isinstance(sweep_interval_s, _Unset):
-            options.pop("sweep_interval_s", None)
-        else:
-            sweep_interval_s = options.pop("sweep_interval_s", DEFAULT_SWEEP_INTERVAL_S)
+            interval = sweep_interval_s
         opened = backend.open(location, check_options(backend, options), clock)
-        return cls(opened.engine, clock=clock, sweep_interval_s=sweep_interval_s, on_close=opened.on_close)
+        return cls(opened.engine, clock=clock, sweep_interval_s=interval, on_close=opened.on_close)
 
     @classmethod
     def _opened(
