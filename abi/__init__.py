@@ -26,6 +26,7 @@ __all__ = [
     "Status",
     "describe_status",
     "sdk_paths",
+    "status_name",
 ]
 
 
@@ -47,12 +48,18 @@ class Status(enum.IntEnum):
     INVALID_ARGUMENT = -12
 
 
+def status_name(status: int) -> str | None:
+    """The ABI's name of a status (`QUOTA_EXCEEDED` for -4), or None for a code the plugin made up."""
+    try:
+        return Status(status).name
+    except ValueError:
+        return None
+
+
 def describe_status(status: int) -> str:
     """A status for messages: `-4 (QUOTA_EXCEEDED)` for one of the ABI's, the bare number for a plugin's own."""
-    try:
-        return f"{status} ({Status(status).name})"
-    except ValueError:
-        return str(status)
+    name = status_name(status)
+    return str(status) if name is None else f"{status} ({name})"
 
 
 class LogLevel(enum.IntEnum):

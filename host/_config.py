@@ -2,7 +2,8 @@
 
 Every table and key is checked: an unknown key or a bad value raises
 `ConfigError` naming the file, the key and the reason, before anything starts.
-Relative paths are relative to the file's directory.
+Relative paths are relative to the file's directory. Every key, with its type,
+default and meaning, is declared in `_config_keys` (the README's reference).
 
 ```toml
 [store]
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from .. import kv
+from ._config_keys import keys_of
 from ._errors import ConfigError
 from ._limits import Limits
 
@@ -203,10 +205,14 @@ class _Reader:
             return None
         return _Reader(self.file, self.key(name), self.table[name])
 
-    def done(self, allowed: str) -> None:
+    def done(self, table: str) -> None:
+        """Refuse any key not read, naming the keys `table` accepts (as the reference declares them)."""
+        allowed = keys_of(table) if table else ["store", "cache", "dev", "tenants", "plugins"]
+        undeclared = self.seen - set(allowed)
+        assert not undeclared, f"[{table}] reads keys the reference does not declare: {sorted(undeclared)}"
         unknown = sorted(set(self.table) - self.seen)
         if unknown:
-            raise self.error(self.key(unknown[0]), f"unknown key (allowed here: {allowed})")
+            raise self.error(self.key(unknown[0]), f"unknown key (allowed here: {', '.join(allowed)})")
 
 
 _KINDS: Final[dict[type, str]] = {
@@ -267,14 +273,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             cache_dir = None
         elif (directory := cache.get("dir", str)) is not None:
             cache_dir = root / directory
-        cache.done("dir, enabled")
+        cache.done("cache")
 
     dev = _dev(top.sub("dev"))
 
     tenants = {name: _quota(table) for name, table in _named_tables(top, "tenants", "tenant")}
 
     plugins = {name: _plugin(table, name, root, tenants) for name, table in _named_tables(top, "plugins", "plugin")}
-    top.done("store, cache, dev, tenants, plugins")
+    top.done("")
     return Config(
         path=file.resolve(),
         store=store,
@@ -297,7 +303,7 @@ def _quota(table: _Reader) -> kv.Quota:
     for name, kind in _QUOTA_FIELDS.items():
         if (value := table.get(name, kind, None, _positive)) is not None:
             fields[name] = value
-    table.done(", ".join(_QUOTA_FIELDS))
+    table.done("tenants.NAME")
     return kv.Quota(**fields)
 
 
@@ -331,7 +337,7 @@ def _dev(table: _Reader | None) -> DevConfig:
         allow_remote=bool(table.get("allow_remote", bool, False)),
         workers=table.get("workers", int, defaults.workers, _positive) or defaults.workers,
     )
-    table.done(", ".join(field.name for field in dataclasses.fields(DevConfig)))
+    table.done("dev")
     return dev
 
 
@@ -371,7 +377,7 @@ def _store(table: _Reader | None, root: Path) -> StoreConfig:
         value = table.get(name, option.kind, None, option.check)
         if value is not None:
             options[name] = value
-    table.done(", ".join(["path", "url", *sorted(allowed)]))
+    table.done("store")
     return StoreConfig(path=None if url is not None else root / (path or ".wasmkv/state"), url=url, options=options)
 
 
@@ -393,18 +399,21 @@ def _plugin(table: _Reader, name: str, root: Path, tenants: dict[str, kv.Quota])
     memory = table.get("memory_bytes", int, None, _positive)
     deadline = table.get("deadline_ms", int, None, _positive)
     fuel = table.get("fuel", int, None, _positive)
+    table_elements = table.get("table_elements", int, None, _positive)
     build = _command(table)
     sources = table.get("sources", list, []) or []
     if not all(isinstance(pattern, str) for pattern in sources):
         raise table.error(table.key("sources"), "must be an array of glob strings")
     if sources and build is None:
         raise table.error(table.key("sources"), "needs a build command: sources are rebuilt with it")
-    table.done("file, tenant, buckets, memory_bytes, deadline_ms, fuel, build, sources")
+    table.done("plugins.NAME")
     limits_fields: dict[str, int] = {}
     if memory is not None:
         limits_fields["memory_bytes"] = memory
     if deadline is not None:
         limits_fields["deadline_ms"] = deadline
+    if table_elements is not None:
+        limits_fields["table_elements"] = table_elements
     try:
         limits = Limits(**limits_fields, fuel=fuel)
     except Exception as exc:

@@ -17,12 +17,16 @@ import watchfiles
 from ._config import Config, PluginConfig
 from ._errors import HostError, UnknownPlugin
 from ._host import Host
+from ._imports import safe_text
 from ._sandbox import read_source
 
-__all__ = ["BUILD_TIMEOUT_S", "DevLoop", "ReloadEvent"]
+__all__ = ["BUILD_TIMEOUT_S", "DevLoop", "ReloadEvent", "build_failure", "run_build"]
 
 #: A build command that runs longer than this is killed and reported as failed.
 BUILD_TIMEOUT_S: Final = 300
+#: A failed build shows its first error lines and its last lines.
+_HEAD_LINES: Final = 8
+_TAIL_LINES: Final = 4
 _WILDCARDS: Final = "*?["
 
 
@@ -141,17 +145,7 @@ class DevLoop:
         return events
 
     def _build(self, plugin: PluginConfig) -> str | None:
-        assert plugin.build is not None
-        try:
-            result = subprocess.run(
-                plugin.build, cwd=self.config.root, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"build command {' '.join(plugin.build)!r} failed to run: {exc}"
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
-            return f"build exited with {result.returncode}: " + " | ".join(tail)
-        return None
+        return run_build(plugin, self.config.root)
 
     def _reload(
         self, plugin: PluginConfig, changed: str, started: float, error: str | None, *, rebuilt: bool
@@ -177,6 +171,37 @@ class DevLoop:
                     error = str(exc)
         ms = (time.perf_counter() - started) * 1000
         return [ReloadEvent(plugin=plugin.name, version=loaded.version, changed=changed, ms=ms, error=error)]
+
+
+def run_build(plugin: PluginConfig, root: Path) -> str | None:
+    """Run a plugin's build command in `root`; None if it succeeded, else what went wrong (see `build_failure`)."""
+    assert plugin.build is not None
+    try:
+        # One stream, in the order the build wrote it, so "first" and "last" lines mean what they say.
+        result = subprocess.run(
+            plugin.build,
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=BUILD_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"build command {' '.join(plugin.build)!r} failed to run: {exc}"
+    if result.returncode != 0:
+        return build_failure(result.returncode, result.stdout)
+    return None
+
+
+def build_failure(returncode: int, output: str) -> str:
+    """A failed build for a person: the first error lines (where compilers put the cause) and the last lines."""
+    lines = [safe_text(line.encode()) for line in output.strip().splitlines() if line.strip()]
+    head = [line for line in lines if "error" in line.lower()][:_HEAD_LINES] or lines[:_HEAD_LINES]
+    tail = [line for line in lines[-_TAIL_LINES:] if line not in head]
+    shown = head + (["..."] if len(lines) > len(head) + len(tail) else []) + tail
+    return f"build exited with {returncode}:" + "".join(f"\n    {line}" for line in shown)
 
 
 def _glob_base(root: Path, pattern: str) -> Path:

@@ -22,10 +22,11 @@ import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any, Final
 
-from ..abi import describe_status
+from ..abi import describe_status, status_name
 from ._config import DEFAULT_DEV_MAX_BODY_BYTES, DEFAULT_DEV_WORKERS
 from ._errors import HostError, PluginClosed, PluginError, PluginStatusError, UnknownExport, UnknownPlugin
 from ._host import Host
@@ -161,17 +162,27 @@ def _handler(host: Host, policy: _Policy) -> type[http.server.BaseHTTPRequestHan
             except UnknownPlugin:
                 self._reply(404, f"no plugin {parts[1]!r}\n".encode())
                 return
+            started = time.perf_counter()
             try:
                 output = plugin.call(parts[2], body)
             except (UnknownExport, PluginClosed) as exc:
+                outcome = "no such entry point"
                 self._reply(404, f"{exc}\n".encode())
             except PluginStatusError as exc:
-                headers = {"X-Wasmkv-Status": str(exc.status), "X-Wasmkv-Status-Name": describe_status(exc.status)}
+                outcome = f"status {describe_status(exc.status)}"
+                headers = {"X-Wasmkv-Status": str(exc.status)}
+                if (name := status_name(exc.status)) is not None:
+                    headers["X-Wasmkv-Status-Name"] = name
                 self._reply(422, exc.output, headers=headers)
             except PluginError as exc:
+                outcome = f"failed: {exc}"
                 self._reply(500, f"{exc}\n".encode())
             else:
+                outcome = "ok"
                 self._reply(200, output)
+            # One line per call, so the developer sees traffic next to the reload lines.
+            ms = (time.perf_counter() - started) * 1000
+            _log.info("call %s.%s: %s in %.1f ms", parts[1], parts[2], outcome, ms)
 
         def _body(self) -> bytes | None:
             """The request body, or None after answering a request whose body cannot be taken."""

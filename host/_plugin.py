@@ -74,6 +74,7 @@ class Plugin:
         """Run entry point `export` with `input`; return what the plugin wrote with `host.output`.
 
         Raises:
+            TypeError: if `input` is not bytes (text must be encoded first).
             PluginClosed: if the plugin was closed or unloaded.
             UnknownExport: if there is no `() -> i32` export of that name.
             PluginStatusError: if it returned a non-zero status.
@@ -81,6 +82,11 @@ class Plugin:
             PluginFuelExhausted: if it used up `limits.fuel`.
             PluginTrap: if it trapped for any other reason (including a host error in an import).
         """
+        if not isinstance(input, bytes | bytearray | memoryview):
+            raise TypeError(
+                f"plugin {self.name!r} input must be bytes, got {type(input).__name__}"
+                + (": encode text first, e.g. input.encode()" if isinstance(input, str) else "")
+            )
         while True:
             version = self._version  # a concurrent reload swaps this; a call finishes on the one it took
             with version.lock:

@@ -87,9 +87,19 @@ def read_source(source: Source) -> tuple[bytes, str]:
     if data.startswith(_WASM_MAGIC):
         return data, label
     try:
-        return bytes(wasmtime.wat2wasm(data.decode("utf-8"))), label
-    except (UnicodeDecodeError, wasmtime.WasmtimeError) as exc:
-        raise LoadError(f"plugin {label} is neither WebAssembly binary nor valid WAT text: {exc}") from exc
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LoadError(
+            f"plugin {label} is not a wasm module: it does not start with the WebAssembly magic bytes "
+            "(\\0asm), and it is not WAT text either"
+        ) from None
+    try:
+        return bytes(wasmtime.wat2wasm(text)), label
+    except wasmtime.WasmtimeError as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines()]
+        where = next((line.removeprefix("--> <anon>:") for line in lines if line.startswith("-->")), "")
+        reason = (lines[0] if lines else type(exc).__name__) + (f" at line:column {where}" if where else "")
+        raise LoadError(f"plugin {label} is not a wasm module, and as WAT text it does not parse: {reason}") from exc
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

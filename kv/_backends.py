@@ -19,7 +19,15 @@ from typing import Any, Final
 
 from ._errors import InvalidArgument
 from ._protocol import Store
-from ._rules import Clock, check_name
+from ._rules import (
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_READ_CACHE_MS,
+    DEFAULT_REDIS_MAX_CONNECTIONS,
+    DEFAULT_REDIS_TIMEOUT_S,
+    DEFAULT_SWEEP_INTERVAL_S,
+    Clock,
+    check_name,
+)
 
 __all__ = [
     "BACKENDS",
@@ -61,6 +69,8 @@ class Option:
     kind: type
     help: str
     check: Callable[[Any], str | None] | None = None
+    #: What the backend uses when the option is not given (None: nothing, or something computed).
+    default: object = None
 
     def parse(self, name: str, text: str) -> Any:
         """The value a URL's query gives for this option (`?timeout_s=2&key_prefix=app`), checked.
@@ -122,21 +132,31 @@ class Backend:
 
 #: Options of the front layer, which every backend takes.
 COMMON_OPTIONS: Final[Mapping[str, Option]] = {
-    "sweep_interval_s": Option(float, "how often expired keys are reclaimed in the background, in seconds", _positive),
+    "sweep_interval_s": Option(
+        float, "how often expired keys are reclaimed in the background, in seconds", _positive, DEFAULT_SWEEP_INTERVAL_S
+    ),
 }
 
 _LOCAL_OPTIONS: Final[Mapping[str, Option]] = {
-    "fsync": Option(bool, "fsync every commit, so writes also survive power loss (about 20x slower writes)"),
+    "fsync": Option(
+        bool, "fsync every commit, so writes also survive power loss (about 20x slower writes)", None, False
+    ),
 }
 
 _REDIS_OPTIONS: Final[Mapping[str, Option]] = {
     "password": Option(str, "the Redis password (else the URL's, else $WASMKV_REDIS_PASSWORD); keep it out of argv"),
     "tls_ca_file": Option(str, "a PEM file of the CAs to trust for rediss:// (default: the system's)"),
-    "timeout_s": Option(float, "the most one operation may take, retries across a failover included", _positive),
-    "read_cache_size": Option(int, "entries of the per-host read cache; 0 turns it off", _non_negative),
-    "read_cache_ms": Option(int, "how stale a cached read may be, in milliseconds", _positive),
-    "key_prefix": Option(str, "starts every key, so several deployments can share one Redis", _prefix_name),
-    "max_connections": Option(int, "connections the client keeps open per node", _positive),
+    "timeout_s": Option(
+        float, "the most one operation may take, retries across a failover included", _positive, DEFAULT_REDIS_TIMEOUT_S
+    ),
+    "read_cache_size": Option(int, "entries of the per-host read cache; 0 turns it off", _non_negative, 0),
+    "read_cache_ms": Option(int, "how stale a cached read may be, in milliseconds", _positive, DEFAULT_READ_CACHE_MS),
+    "key_prefix": Option(
+        str, "starts every key, so several deployments can share one Redis", _prefix_name, DEFAULT_KEY_PREFIX
+    ),
+    "max_connections": Option(
+        int, "connections the client keeps open per node", _positive, DEFAULT_REDIS_MAX_CONNECTIONS
+    ),
 }
 
 

@@ -19,7 +19,7 @@ import dataclasses
 import io
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, BinaryIO, Final
 
 import msgpack
@@ -33,6 +33,7 @@ __all__ = [
     "DUMP_FORMAT",
     "DUMP_VERSION",
     "ImportReport",
+    "Progress",
     "export_tenant",
     "import_dump",
 ]
@@ -64,7 +65,18 @@ class ImportReport:
     buckets: tuple[str, ...]
 
 
-def export_tenant(store: KvStore, tenant: str, out: BinaryIO, *, buckets: Sequence[str] | None = None) -> int:
+Progress = Callable[[str, int], None]
+"""Told how far a long export or import is: `("exported", n)`, or `("checked", n)` then `("imported", n)`."""
+
+
+def export_tenant(
+    store: KvStore,
+    tenant: str,
+    out: BinaryIO,
+    *,
+    buckets: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> int:
     """Write the live keys of `tenant` (every bucket, or only `buckets`) to `out` as a dump; the number of keys.
 
     Streams a page of keys at a time, so memory stays bounded for any tenant.
@@ -72,6 +84,7 @@ def export_tenant(store: KvStore, tenant: str, out: BinaryIO, *, buckets: Sequen
     a snapshot: a key written meanwhile may appear with its old or new value,
     and a key that expires or is deleted before its value is read is left out.
     It reads through the engine, so it spends none of the tenant's `ops_per_second`.
+    `progress`, if given, is told the number of keys written after each batch.
 
     Raises:
         InvalidArgument: if a tenant or bucket name is invalid.
@@ -106,11 +119,13 @@ def export_tenant(store: KvStore, tenant: str, out: BinaryIO, *, buckets: Sequen
                 ]
                 out.write(b"".join(records))
                 count += len(records)
+                if progress is not None:
+                    progress("exported", count)
     out.write(packer.pack({"end": count}))
     return count
 
 
-def import_dump(store: KvStore, source: BinaryIO, *, tenant: str) -> ImportReport:
+def import_dump(store: KvStore, source: BinaryIO, *, tenant: str, progress: Progress | None = None) -> ImportReport:
     """Load a dump written by `export_tenant` into `tenant`.
 
     The caller names the tenant: a dump is input from outside, and the tenant
@@ -125,6 +140,8 @@ def import_dump(store: KvStore, source: BinaryIO, *, tenant: str) -> ImportRepor
     keys without a TTL in batches with `set_many`, keys with one each with its
     TTL as exported (counted from now). Writes go through the engine, so they
     spend none of the tenant's `ops_per_second`, but each is quota-checked.
+
+    `progress`, if given, is told the keys checked, then the keys written, after each batch.
 
     A dump that is not seekable (a pipe) is spooled to a temporary file first.
     Memory stays bounded for any dump size. The tenant's quota is the one
@@ -156,8 +173,12 @@ def import_dump(store: KvStore, source: BinaryIO, *, tenant: str) -> ImportRepor
         # Usage before the lookups: a key expiring in between then counts as new, which overstates, never under.
         usage = target.usage()
         plan = _QuotaPlan()
+        checked = 0
         for batch in reader.batches(quota):
             plan.add_batch(batch, _stored_sizes(store, Namespace(name, batch.bucket), list(batch.items), quota))
+            checked += len(batch.items)
+            if progress is not None:
+                progress("checked", checked)
         plan.check(quota, usage)
 
         written = 0
@@ -171,6 +192,8 @@ def import_dump(store: KvStore, source: BinaryIO, *, tenant: str) -> ImportRepor
                 if ttl is not None:
                     engine.set(ns, key, value, ttl, quota)
             written += len(batch.items)
+            if progress is not None:
+                progress("imported", written)
             if not buckets or buckets[-1] != batch.bucket:
                 buckets.append(batch.bucket)
     return ImportReport(tenant=name, keys=written, buckets=tuple(buckets))

@@ -16,12 +16,10 @@ import cachetools
 
 from ._errors import InvalidArgument
 from ._protocol import AsyncStore
-from ._rules import Namespace, Quota, Usage
+from ._rules import DEFAULT_READ_CACHE_MS, Namespace, Quota, Usage
 
 __all__ = ["DEFAULT_READ_CACHE_MS", "ReadCache"]
 
-#: Staleness bound of the read cache, unless `max_age_ms` says otherwise.
-DEFAULT_READ_CACHE_MS: Final = 50
 _MISS: Final = object()
 
 

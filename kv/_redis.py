@@ -59,7 +59,19 @@ from redis.commands.core import AsyncScript
 from . import _redis_scripts as lua
 from ._errors import BackendUnavailable, InvalidArgument, NotANumber, ValueTooLarge
 from ._redis_client import DRIVER_ERRORS, Client, check_timeout, connect, translate
-from ._rules import Namespace, Quota, Usage, add_counter, check_name, parse_counter, prefix_end, quota_exceeded
+from ._rules import (
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_REDIS_MAX_CONNECTIONS,
+    DEFAULT_REDIS_TIMEOUT_S,
+    Namespace,
+    Quota,
+    Usage,
+    add_counter,
+    check_name,
+    parse_counter,
+    prefix_end,
+    quota_exceeded,
+)
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",
@@ -67,10 +79,6 @@ __all__ = [
     "RedisStore",
 ]
 
-#: Every key this store writes starts with this, so a Redis shared with other data stays apart.
-DEFAULT_KEY_PREFIX: Final = "wkv"
-#: The most one operation (retries across a failover included) may take before `BackendUnavailable`.
-DEFAULT_REDIS_TIMEOUT_S: Final = 2.0
 #: The layout this code writes. 1: the first release; 2: adds the tenant, bucket and quota records.
 STORE_FORMAT: Final = 2
 #: How much longer than `timeout_s` a write's record (its exactly-once guard) stays on the server.
@@ -125,7 +133,7 @@ class RedisStore:
         *,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         timeout_s: float = DEFAULT_REDIS_TIMEOUT_S,
-        max_connections: int = 100,
+        max_connections: int = DEFAULT_REDIS_MAX_CONNECTIONS,
         password: str | None = None,
         tls_ca_file: str | None = None,
     ) -> RedisStore:

@@ -103,6 +103,11 @@ def translate(where: str, timeout_s: float, exc: BaseException) -> BackendUnavai
         return BackendUnavailable(f"{where} did not answer in time (operation timeout {timeout_s:g} s): {exc}")
     if isinstance(exc, TimeoutError):
         return BackendUnavailable(f"{where} did not answer within {timeout_s:g} s")
+    if isinstance(exc, redis.exceptions.AuthenticationError) or "authenticat" in str(exc).lower():
+        return BackendUnavailable(
+            f"{where} refused the login ({exc}): give the password as the store's password option "
+            "or in $WASMKV_REDIS_PASSWORD"
+        )
     if isinstance(exc, redis.exceptions.ConnectionError):
         return BackendUnavailable(f"{where} is unreachable: {exc}")
     if isinstance(exc, redis.exceptions.ClusterError | redis.exceptions.RedisClusterException):

@@ -36,6 +36,16 @@ DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_VALUE_BYTES: Final = 1024 * 1024
 DEFAULT_MAX_KEY_BYTES: Final = 512
 DEFAULT_LIST_LIMIT: Final = 100
+#: How often the background sweeper reclaims the space of expired keys.
+DEFAULT_SWEEP_INTERVAL_S: Final = 1.0
+#: Every key a Redis store writes starts with this, so a Redis shared with other data stays apart.
+DEFAULT_KEY_PREFIX: Final = "wkv"
+#: The most one Redis operation (retries across a failover included) may take before `BackendUnavailable`.
+DEFAULT_REDIS_TIMEOUT_S: Final = 2.0
+#: Connections a Redis client keeps open per node.
+DEFAULT_REDIS_MAX_CONNECTIONS: Final = 100
+#: Staleness bound of the optional read cache.
+DEFAULT_READ_CACHE_MS: Final = 50
 #: TTLs are capped so that deadlines stay far inside a signed 64-bit millisecond clock.
 MAX_TTL_MS: Final = 100 * 365 * 24 * 3600 * 1000
 MAX_NAME_CHARS: Final = 64

@@ -19,6 +19,7 @@ from ._errors import BackendUnavailable, InvalidArgument
 from ._protocol import Store
 from ._rules import (
     DEFAULT_LIST_LIMIT,
+    DEFAULT_SWEEP_INTERVAL_S,
     Clock,
     KeyPage,
     Namespace,
@@ -44,8 +45,6 @@ __all__ = [
     "Tenant",
 ]
 
-#: How often the background sweeper reclaims the space of expired keys.
-DEFAULT_SWEEP_INTERVAL_S: Final = 1.0
 #: How stale a process's copy of a tenant's stored quota may get: a quota change reaches every process within it.
 DEFAULT_TENANT_REFRESH_S: Final = 1.0
 #: Expired keys one engine `sweep` call reclaims at most, so a sweep never holds the engine for long.

@@ -54,15 +54,20 @@ def test_inspect_prints_tenants_usage_and_keys(built: Path, tmp_path: Path) -> N
     assert "tenant acme: 2/10000 keys" in out.stdout
     assert "  bucket default:\n    'hits' = b'1'" in out.stdout
     assert "'session:s1' = b'x'  (ttl " in out.stdout
-    only = wasmkv("inspect", "--tenant", "nobody", cwd=tmp_path)
-    assert "tenant nobody: 0/10000 keys" in only.stdout
+    unknown = wasmkv("inspect", "--tenant", "nobody", cwd=tmp_path)
+    assert (unknown.returncode, unknown.stdout) == (2, "")
+    assert unknown.stderr == (
+        "wasmkv: no tenant 'nobody' in this store (tenants: acme); --allow-missing treats it as empty\n"
+    )
+    allowed = wasmkv("inspect", "--tenant", "nobody", "--allow-missing", cwd=tmp_path)
+    assert "tenant nobody: 0/10000 keys" in allowed.stdout
 
 
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
         (["--call", "nope"], 2, "no entry point 'nope'"),
-        ([], 2, "has entry points hit, read, reset; pick one with --call"),
+        ([], 2, "has several entry points (hit, read, reset): pick one with --call"),
         (["--call", "hit", "--tenant", "bad name"], 2, "tenant name must be 1-64 characters"),
         (["--call", "hit", "--input", "@missing.txt"], 2, "missing.txt"),
     ],
@@ -112,7 +117,7 @@ def test_import_of_a_bad_file_changes_nothing_and_says_why(tmp_path: Path) -> No
     result = wasmkv("import", "bad.bin", "--state", "s", "--tenant", "acme", cwd=tmp_path)
     assert result.returncode == 2
     assert "dump" in result.stderr
-    assert "tenant" not in wasmkv("inspect", "--state", "s", cwd=tmp_path).stdout
+    assert wasmkv("inspect", "--state", "s", cwd=tmp_path).stdout == "no tenants in this store\n"
 
 
 def test_dev_serves_calls_and_hot_reloads_then_stops_on_ctrl_c(tmp_path: Path) -> None:
@@ -124,7 +129,11 @@ def test_dev_serves_calls_and_hot_reloads_then_stops_on_ctrl_c(tmp_path: Path) -
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     dev = subprocess.Popen(
-        [WASMKV, "dev", "--listen", f"127.0.0.1:{port}"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+        [WASMKV, "dev", "--listen", f"127.0.0.1:{port}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert dev.stdout is not None
@@ -137,6 +146,8 @@ def test_dev_serves_calls_and_hot_reloads_then_stops_on_ctrl_c(tmp_path: Path) -
                 return bytes(response.read())
 
         assert call()[:3] == b"v01"
+        request_line = next(lines)
+        assert request_line.startswith("wasmkv: info: call p.call: ok in "), request_line
         tmp = tmp_path / "p.tmp"
         tmp.write_text(versioned(2))
         os.replace(tmp, tmp_path / "p.wat")

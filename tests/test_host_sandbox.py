@@ -196,8 +196,8 @@ def test_concurrent_calls_to_one_plugin_are_serialized_and_exact(wasm_host: host
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        (b"not wasm at all", "neither WebAssembly binary nor valid WAT"),
-        ("(module (func", "neither WebAssembly binary nor valid WAT"),
+        (b"not wasm at all", "is not a wasm module, and as WAT text it does not parse: expected `(` at line:column 1:1"),
+        ("(module (func", "is not a wasm module, and as WAT text it does not parse"),
         ('(module (import "kv" "nope" (func)) (memory (export "memory") 1))', "kv.nope, which the wasmkv ABI"),
         ('(module (import "kv" "get" (func (param i32))) (memory (export "memory") 1))', "the ABI's is (i32, i32"),
         ('(module (import "env" "f" (func)) (memory (export "memory") 1))', "env.f, which the wasmkv ABI"),
