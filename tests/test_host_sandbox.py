@@ -196,7 +196,10 @@ def test_concurrent_calls_to_one_plugin_are_serialized_and_exact(wasm_host: host
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        (b"not wasm at all", "is not a wasm module, and as WAT text it does not parse: expected `(` at line:column 1:1"),
+        (
+            b"not wasm at all",
+            "is not a wasm module, and as WAT text it does not parse: expected `(` at line:column 1:1",
+        ),
         ("(module (func", "is not a wasm module, and as WAT text it does not parse"),
         ('(module (import "kv" "nope" (func)) (memory (export "memory") 1))', "kv.nope, which the wasmkv ABI"),
         ('(module (import "kv" "get" (func (param i32))) (memory (export "memory") 1))', "the ABI's is (i32, i32"),
