@@ -20,6 +20,7 @@ from ..abi import HOST_MODULE, KV_MODULE, Status
 from ._errors import AbiStatusError
 from ._ffi import GuestMemory, RawCallback, Slots
 from ._limits import Limits
+from ._requests import key_list, key_value_map
 
 __all__ = ["LOG_BYTES_PER_CALL", "AbiImports", "CallDeadline", "Grant", "PluginLog", "StartFunctionCall", "safe_text"]
 
@@ -88,18 +89,26 @@ class PluginLog:
         self.written = 0
 
     @property
+    def room(self) -> int:
+        """How much more this call may log."""
+        return max(0, LOG_BYTES_PER_CALL - self.written)
+
+    @property
     def full(self) -> bool:
         """Whether this call has used up its log volume."""
-        return self.written >= LOG_BYTES_PER_CALL
+        return self.room == 0
 
-    def write(self, level: int, raw: bytes) -> None:
-        """Log one message at `level`, escaped; past the per-call cap, say so once and drop the rest."""
+    def write(self, level: int, raw: bytes, *, cut: bool = False) -> None:
+        """Log one message at `level`, escaped; past the per-call cap, say so once and drop the rest.
+
+        `cut` says `raw` is only the start of a longer message (the caller read no more than `room`).
+        """
         if self.full or not self.logger.isEnabledFor(level):
             return
         text = safe_text(raw)
-        room = LOG_BYTES_PER_CALL - self.written
-        self.written += len(text)
-        if len(text) > room:
+        room = self.room
+        self.written += len(text) + (room if cut else 0)
+        if cut or len(text) > room:
             # Escapes make text longer than the bytes it came from: the cap counts what is written.
             self.logger.log(level, "%s", text[:room])
             self.logger.warning("log truncated: this call wrote over %d bytes of log", LOG_BYTES_PER_CALL)
@@ -332,27 +341,12 @@ class AbiImports:
         page = bucket.list_keys(prefix, cursor, s[20])  # type: ignore[arg-type]
         return self._reply(msgpack.packb({"keys": page.keys, "cursor": page.cursor}), out_pointer, capacity)
 
-    def _unpack(self, s: Slots, *, raw: bool = False) -> object:
-        request = self._read(s[4], s[8])
-        try:
-            # raw=True (key lists): str keys stay bytes, which the bucket validates as UTF-8 without
-            # decoding and re-encoding them. Otherwise surrogateescape keeps a non-UTF-8 str key
-            # alive until the bucket's key check (-2, like any invalid key), not the whole request (-12).
-            return msgpack.unpackb(request, raw=raw, unicode_errors="surrogateescape", strict_map_key=False)
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            raise AbiStatusError(Status.INVALID_ARGUMENT, f"request is not valid msgpack: {exc}") from None
-
-    def _key_list(self, request: object) -> list[str | bytes]:
-        if not isinstance(request, list) or not all(isinstance(key, str | bytes) for key in request):
-            raise AbiStatusError(Status.INVALID_ARGUMENT, "request must be a msgpack array of str keys")
-        return request
-
     def _get_many(self, s: Slots) -> int:
         bucket = self._bucket(s[0])
         out_pointer, capacity = s[12], s[16]
         if not self.memory.fits(out_pointer, capacity):
             raise _bad_pointer()
-        values = bucket.get_many(self._key_list(self._unpack(s, raw=True)))
+        values = bucket.get_many(key_list(self._read(s[4], s[8])))
         # Sized before it is built: a reply asked for its length only, or too large for any plugin
         # memory, is never packed (a key repeated 1000 times must not cost 1000 copies).
         length = packed_values_size(values)
@@ -363,16 +357,11 @@ class AbiImports:
 
     def _set_many(self, s: Slots) -> int:
         bucket = self._bucket(s[0])
-        request = self._unpack(s)
-        if not isinstance(request, dict) or not all(
-            isinstance(key, str | bytes) and isinstance(value, bytes) for key, value in request.items()
-        ):
-            raise AbiStatusError(Status.INVALID_ARGUMENT, "request must be a msgpack map of str keys to bin values")
-        bucket.set_many(request)
+        bucket.set_many(key_value_map(self._read(s[4], s[8])))
         return 0
 
     def _delete_many(self, s: Slots) -> int:
-        return self._bucket(s[0]).delete_many(self._key_list(self._unpack(s, raw=True)))
+        return self._bucket(s[0]).delete_many(key_list(self._read(s[4], s[8])))
 
     # -- host imports ---------------------------------------------------------------------------
 
@@ -389,5 +378,13 @@ class AbiImports:
 
     def _log(self, s: Slots) -> None:
         log = self.log
-        if not log.full:  # past the cap, the text is not even read
-            log.write(_LOG_LEVELS.get(s[0], logging.INFO), self._read(s[4], s[8]))
+        pointer, length = s[4], s[8]
+        if not self.memory.fits(pointer, length):
+            raise _bad_pointer()
+        if log.full:  # past the cap, the text is not even read
+            return
+        # Never more than the call may still log: a message the size of the whole memory is cut as it is read.
+        take = min(length, log.room)
+        log.write(
+            _LOG_LEVELS.get(s[0], logging.INFO), self.memory.view[pointer : pointer + take].tobytes(), cut=take < length
+        )

@@ -51,6 +51,8 @@ _SPOOL_CHUNK_BYTES: Final = 1024 * 1024
 #: How much the unpacker reads at a time (its default is up to 1 MiB, and it holds two copies of a read).
 _READ_BYTES: Final = 64 * 1024
 _HEADER_FIELDS: Final = frozenset({"format", "version", "tenant"})
+#: No array or map of a dump has more items (a record has 4, the header 3).
+_MAX_FIELDS: Final = 16
 
 _Item = tuple[bytes, int | None]
 """A record's value and its TTL in milliseconds (None: no TTL)."""
@@ -394,7 +396,9 @@ def _seekable(source: BinaryIO) -> Iterator[tuple[IO[bytes], int, int]]:
 
 def _unpacker(stream: IO[bytes], max_buffer_bytes: int) -> msgpack.Unpacker:
     # Bins may be as long as the buffer allows, so that an oversized value fills it (`BufferFull`)
-    # rather than failing a length limit; arrays and maps in a dump are all small.
+    # rather than failing a length limit. Every object of a dump is one flat array or map of scalars,
+    # read header first (`_unpack`): a container nested inside one is refused as it is met, so a
+    # hostile dump cannot make the reader build a tree of millions of empty arrays.
     return msgpack.Unpacker(
         stream,
         raw=False,
@@ -402,19 +406,37 @@ def _unpacker(stream: IO[bytes], max_buffer_bytes: int) -> msgpack.Unpacker:
         max_buffer_size=max_buffer_bytes,
         read_size=min(_READ_BYTES, max_buffer_bytes),
         max_bin_len=2**32 - 1,
-        max_array_len=16,
-        max_map_len=16,
+        max_array_len=0,
+        max_map_len=0,
+        max_ext_len=0,
     )
 
 
 def _unpack(unpacker: msgpack.Unpacker, where: str, truncated: str, too_large: KvError) -> Any:
+    """The next object of a dump: a flat array or map of at most `_MAX_FIELDS` scalars, or a scalar."""
     try:
-        return unpacker.unpack()
+        try:
+            count = unpacker.read_array_header()
+        except ValueError:  # not an array: the header or trailer map, or something that is not a dump
+            try:
+                count = unpacker.read_map_header()
+            except ValueError:
+                return unpacker.unpack()
+            if count > _MAX_FIELDS:
+                raise InvalidArgument(f"{where}: a map of {count} fields is no part of a dump") from None
+            fields: dict[Any, Any] = {}
+            for _ in range(count):
+                key = unpacker.unpack()
+                fields[key] = unpacker.unpack()
+            return fields
+        if count > _MAX_FIELDS:
+            raise InvalidArgument(f"{where}: expected [bucket, key, value, ttl_ms], got an array of {count} items")
+        return [unpacker.unpack() for _ in range(count)]
     except msgpack.OutOfData:
         raise InvalidArgument(truncated) from None
     except msgpack.BufferFull:
         raise too_large from None
-    except ValueError as exc:  # msgpack's FormatError and StackError, and its length limits
+    except (ValueError, TypeError) as exc:  # msgpack's format errors, its length limits, an unhashable key
         raise InvalidArgument(f"{where} is not valid msgpack: {exc}") from None
 
 

@@ -337,17 +337,29 @@ def encode_cursor(prefix: bytes, last_key: bytes) -> str:
     return base64.urlsafe_b64encode(packed).rstrip(b"=").decode("ascii")
 
 
-def decode_cursor(cursor: object, prefix: bytes) -> bytes:
+def decode_cursor(cursor: object, prefix: bytes, max_key_bytes: int) -> bytes:
     """Return the key a cursor resumes after, checking it belongs to this `prefix`.
+
+    A cursor is input from outside (a plugin, a client): it is bounded in length
+    and decoded without ever building more than its three fields.
 
     Raises:
         InvalidArgument: if the cursor is not one `list_keys` returned for this prefix.
     """
     if type(cursor) is not str:
         raise InvalidArgument(f"cursor must be a str returned by list_keys, got {type(cursor).__name__}")
+    # Base64 of [version, prefix, key] with some room: anything longer was never issued.
+    if len(cursor) > (len(prefix) + max_key_bytes + 32) * 4 // 3 + 8:
+        raise InvalidArgument(f"cursor is not one returned by list_keys: {len(cursor)} characters is too long")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        version, cursor_prefix, last_key = msgpack.unpackb(raw)
+        unpacker = msgpack.Unpacker(max_buffer_size=max(len(raw), 1), max_array_len=0, max_map_len=0, max_ext_len=0)
+        unpacker.feed(raw)
+        if unpacker.read_array_header() != 3:
+            raise ValueError("not three fields")
+        version, cursor_prefix, last_key = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
+        if unpacker.tell() != len(raw):
+            raise ValueError("bytes after the fields")
     except (binascii.Error, ValueError, TypeError, msgpack.UnpackException):
         raise InvalidArgument(f"cursor is not one returned by list_keys: {cursor[:64]!r}") from None
     if version != _CURSOR_VERSION or type(cursor_prefix) is not bytes or type(last_key) is not bytes:

@@ -506,7 +506,7 @@ class Bucket:
         tenant = self.tenant
         raw_prefix = encode_key(prefix, tenant.quota.max_key_bytes, what="prefix", allow_empty=True)
         limit = check_limit(limit)
-        after = None if cursor is None else decode_cursor(cursor, raw_prefix)
+        after = None if cursor is None else decode_cursor(cursor, raw_prefix, tenant.quota.max_key_bytes)
         if tenant._limiter is not None:
             tenant._limiter.acquire()
         keys, more = self._engine.list_keys(self._ns, raw_prefix, after, limit)

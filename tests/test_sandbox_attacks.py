@@ -275,3 +275,73 @@ def test_every_key_of_a_batch_is_validated_whatever_key_comes_first(kind: type) 
             with pytest.raises(kv.InvalidKey, match=f"key must be str \\(or its UTF-8 bytes\\), got {kind.__name__}"):
                 call()
         assert bucket.list_keys().keys == []
+
+
+BOMBER = """
+(module
+  (import "kv" "open" (func $open (param i32 i32) (result i32)))
+  (import "kv" "get_many" (func $get_many (param i32 i32 i32 i32 i32) (result i32)))
+  (import "kv" "set_many" (func $set_many (param i32 i32 i32 i32 i32) (result i32)))
+  (import "kv" "delete_many" (func $delete_many (param i32 i32 i32 i32 i32) (result i32)))
+  (import "kv" "list_keys" (func $list (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "host" "input" (func $input (param i32 i32) (result i32)))
+  (import "host" "output" (func $out (param i32 i32) (result i32)))
+  (import "host" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 256 256)
+  (data (i32.const 0) "default")
+  ;; The input (the hostile bytes) is copied to 64; each export hands it to one import and outputs the status.
+  (func $len (result i32) (call $input (i32.const 64) (i32.const 16700000)))
+  (func $done (param $rc i32) (result i32)
+    (i32.store (i32.const 16) (local.get $rc)) (drop (call $out (i32.const 16) (i32.const 4))) (i32.const 0))
+  (func (export "set_many") (result i32)
+    (call $done (call $set_many (call $open (i32.const 0) (i32.const 7)) (i32.const 64) (call $len)
+                                (i32.const 0) (i32.const 0))))
+  (func (export "get_many") (result i32)
+    (call $done (call $get_many (call $open (i32.const 0) (i32.const 7)) (i32.const 64) (call $len)
+                                (i32.const 0) (i32.const 0))))
+  (func (export "delete_many") (result i32)
+    (call $done (call $delete_many (call $open (i32.const 0) (i32.const 7)) (i32.const 64) (call $len)
+                                   (i32.const 0) (i32.const 0))))
+  (func (export "list_keys") (result i32)
+    (call $done (call $list (call $open (i32.const 0) (i32.const 7)) (i32.const 0) (i32.const 0)
+                            (i32.const 64) (call $len) (i32.const 10) (i32.const 32) (i32.const 16))))
+  (func (export "log") (result i32)
+    (call $log (i32.const 3) (i32.const 64) (call $len)) (call $done (i32.const 0))))
+"""
+
+
+BOMBS = """
+def bomb_for(export):
+    if export in ("get_many", "delete_many"):  # an array of 16 million empty arrays
+        return b"\\xdd" + (16_000_000).to_bytes(4, "big") + b"\\x90" * 16_000_000
+    if export == "set_many":  # a map of 8 million empty arrays to empty arrays
+        return b"\\xdf" + (8_000_000).to_bytes(4, "big") + b"\\x90\\x90" * 8_000_000
+    if export == "list_keys":  # a cursor that decodes to an array of 12 million empty arrays
+        return base64.urlsafe_b64encode(b"\\xdd" + (12_000_000).to_bytes(4, "big") + b"\\x90" * 12_000_000)
+    return b"\\x01" + "\\U0001f600".encode() * 4_000_000  # a control character, then 4-byte characters
+"""
+
+
+@pytest.mark.parametrize("export", ["set_many", "get_many", "delete_many", "list_keys", "log"])
+def test_a_16_mb_hostile_request_costs_little_memory_and_time(export: str) -> None:
+    code = textwrap.dedent(
+        """
+        import base64
+        WAT = BOMBER_WAT
+        BOMBS_CODE
+        data = bomb_for(EXPORT)
+        with kv.KvStore.memory() as store, host.Host(store) as h:
+            p = h.load(WAT, name="bomb", tenant="evil", limits=host.Limits(memory_bytes=16 << 20, deadline_ms=300))
+            before = peak_mib()
+            started = time.monotonic()
+            RESULT["rc"] = int.from_bytes(p.call(EXPORT, data), "little", signed=True)
+            RESULT["seconds"] = time.monotonic() - started
+            RESULT["grew_mib"] = peak_mib() - before
+        """
+    )
+    code = code.replace("BOMBER_WAT", repr(BOMBER)).replace("EXPORT", repr(export)).replace("BOMBS_CODE", BOMBS)
+    result = measured(code)
+    assert result["rc"] == (0 if export == "log" else -12)  # INVALID_ARGUMENT, decided early
+    # The request itself is 16 MB of the plugin's memory, and the import copies it once: that much is expected.
+    assert result["grew_mib"] < 16 * 3 + 30
+    assert result["seconds"] < 1.0
