@@ -35,7 +35,30 @@ _MAC_BYTES: Final = 32
 _KEY_BYTES: Final = 32
 #: Bumped whenever what the MAC covers changes, so no entry of an older layout can verify.
 _ENTRY_FORMAT: Final = b"wasmkv-module-cache-v2"
+#: No compiled module the host accepts comes near this (modules are at most 32 MiB of wasm).
+_MAX_ENTRY_BYTES: Final = 1 << 30
 _log = logging.getLogger("wasmkv.cache")
+
+
+def _read_entry(path: Path, limit: int) -> bytes | None:
+    """An entry's bytes, if it is a regular file of ours no larger than `limit`; else None (one warning).
+
+    Opened without following symlinks and without blocking, and checked before anything is read: a
+    planted FIFO, device or symlink (to /dev/zero, say) must not hang the host or fill its memory.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        _log.warning("module cache entry %s unreadable, recompiling: %s", path, exc.strerror)
+        return None
+    with os.fdopen(fd, "rb") as entry:
+        info = os.fstat(entry.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_size > limit:
+            _log.warning("module cache entry %s is not a file of this user's cache, recompiling", path)
+            return None
+        return entry.read(limit + 1)
 
 
 def default_key_path() -> Path:
@@ -151,13 +174,7 @@ class ModuleCache:
             self.misses += 1
             return wasmtime.Module(engine, wasm)
         path = self.entry_path(wasm, settings)
-        try:
-            blob = path.read_bytes()
-        except FileNotFoundError:
-            blob = None
-        except OSError as exc:
-            _log.warning("module cache entry %s unreadable: %s", path, exc.strerror)
-            blob = None
+        blob = _read_entry(path, _MAX_ENTRY_BYTES)
         if blob is not None:
             mac, payload = blob[:_MAC_BYTES], blob[_MAC_BYTES:]
             # Only bytes this user's key signed for this very module and engine reach wasmtime.

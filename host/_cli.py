@@ -19,6 +19,7 @@ from ._cli_common import DEFAULT_STATE_DIR, EXIT_USAGE, Fail, configure_logging,
 from ._cli_plugins import add_plugin_commands
 from ._cli_store import add_store_commands
 from ._errors import HostError
+from ._text import safe_name
 
 __all__ = ["DEFAULT_STATE_DIR", "main"]
 
@@ -52,13 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.run(args)
         return status
     except Fail as exc:
-        print(f"wasmkv: {exc}", file=sys.stderr)
+        print("wasmkv: " + "\n".join(safe_name(line) for line in str(exc).split("\n")), file=sys.stderr)
         return exc.status
     except (HostError, kv.KvError) as exc:
-        print(f"wasmkv: {exc}", file=sys.stderr)
+        # One line, whatever a module, a file or a server put into the message.
+        print(f"wasmkv: {safe_name(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
-        print(f"wasmkv: {os_error(exc)}", file=sys.stderr)
+        print(f"wasmkv: {safe_name(os_error(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -10,7 +10,7 @@ from typing import Final
 
 from .. import kv
 from ._config import Config, load_config
-from ._imports import safe_text
+from ._text import safe_text
 
 __all__ = [
     "DEFAULT_STATE_DIR",

@@ -26,6 +26,7 @@ from ._devhttp import is_loopback, serve_calls
 from ._errors import PluginError, PluginStatusError, UnknownExport
 from ._host import Host
 from ._limits import DEFAULT_DEADLINE_MS, DEFAULT_MEMORY_BYTES, DEFAULT_TABLE_ELEMENTS, Limits
+from ._text import safe_name
 
 __all__ = ["add_plugin_commands"]
 
@@ -181,7 +182,7 @@ def _dev(args: argparse.Namespace) -> int:
             if not is_loopback(listen.rpartition(":")[0].strip("[]")):
                 print(f"warning: {listen} is reachable from other machines, and calls to it are not authenticated")
             for name, plugin in host.plugins.items():
-                exports = ", ".join(plugin.exports) or "no entry points"
+                exports = safe_name(", ".join(plugin.exports)) or "no entry points"
                 print(f"loaded {name} {plugin.version[:12]} as tenant {plugin.tenant.name}: {exports}")
             print(f"watching {len(loop.watched_paths())} directories; call plugins with:")
             print(f"  curl --data-binary 'INPUT' http://{listen}/call/PLUGIN/EXPORT   (GET /plugins lists them)")

@@ -17,8 +17,8 @@ import watchfiles
 from ._config import Config, PluginConfig
 from ._errors import HostError, UnknownPlugin
 from ._host import Host
-from ._imports import safe_text
 from ._sandbox import read_source
+from ._text import safe_text
 
 __all__ = ["BUILD_TIMEOUT_S", "DevLoop", "ReloadEvent", "build_failure", "run_build"]
 

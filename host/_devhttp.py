@@ -30,10 +30,13 @@ from ..abi import describe_status, status_name
 from ._config import DEFAULT_DEV_MAX_BODY_BYTES, DEFAULT_DEV_WORKERS
 from ._errors import HostError, PluginClosed, PluginError, PluginStatusError, UnknownExport, UnknownPlugin
 from ._host import Host
+from ._text import safe_name
 
 __all__ = ["DevServer", "is_loopback", "serve_calls"]
 
-#: How long a client may take to send its request, so a slow one cannot hold a worker.
+#: How long a client may take to send its whole request, so a slow one cannot hold a worker.
+DEFAULT_REQUEST_TIMEOUT_S: Final = 10.0
+#: How long one read from a client may block (the watchdog enforces the whole request's time).
 _SOCKET_TIMEOUT_S: Final = 10.0
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 _CONTENT_LENGTH: Final = re.compile(r"[0-9]{1,15}\Z")
@@ -81,19 +84,58 @@ class _Policy:
 
 
 class DevServer(http.server.HTTPServer):
-    """An HTTP server that serves each connection on a bounded pool of worker threads."""
+    """An HTTP server that serves each connection on a bounded pool of worker threads.
+
+    A client has `request_timeout_s` in all to send its request (line, headers
+    and body): a watchdog closes the connection of one that trickles it, so
+    slow clients cannot hold the workers for longer than that.
+    """
 
     # Connections waiting to be accepted; the accept loop answers the ones past the pool with 503 at once.
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler], workers: int):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[http.server.BaseHTTPRequestHandler],
+        workers: int,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    ):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         # Before the bind, which closes the server (and so the pool) when it fails.
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="wasmkv-dev-http")
         self._slots = threading.BoundedSemaphore(workers)
         self.policy: _Policy | None = None
+        self.request_timeout_s = request_timeout_s
+        self._reading: dict[socket.socket, float] = {}
+        self._reading_lock = threading.Lock()
+        self._stopped = threading.Event()
         super().__init__(address, handler)
+        self._watchdog = threading.Thread(target=self._watch, name="wasmkv-dev-http-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def reading(self, conn: socket.socket) -> None:
+        """`conn` starts sending a request: it has `request_timeout_s` to finish."""
+        with self._reading_lock:
+            self._reading[conn] = time.monotonic() + self.request_timeout_s
+
+    def read(self, conn: socket.socket) -> None:
+        """`conn` has sent its whole request (or is done): no more watching."""
+        with self._reading_lock:
+            self._reading.pop(conn, None)
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(min(0.5, self.request_timeout_s / 4)):
+            now = time.monotonic()
+            with self._reading_lock:
+                late = [conn for conn, deadline in self._reading.items() if deadline < now]
+                for conn in late:
+                    del self._reading[conn]
+            for conn in late:
+                # The worker blocked on this socket's read sees the end of the stream and moves on.
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -118,6 +160,7 @@ class DevServer(http.server.HTTPServer):
         _log.debug("request from %s failed", client_address, exc_info=True)
 
     def server_close(self) -> None:
+        self._stopped.set()
         super().server_close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -125,6 +168,15 @@ class DevServer(http.server.HTTPServer):
 def _handler(host: Host, policy: _Policy) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         timeout = _SOCKET_TIMEOUT_S
+        server: DevServer
+
+        def setup(self) -> None:
+            super().setup()
+            self.server.reading(self.connection)
+
+        def finish(self) -> None:
+            self.server.read(self.connection)
+            super().finish()
 
         def _allowed(self) -> bool:
             if not policy.host_ok(self.headers.get("Host")):
@@ -136,6 +188,7 @@ def _handler(host: Host, policy: _Policy) -> type[http.server.BaseHTTPRequestHan
             return True
 
         def do_GET(self) -> None:
+            self.server.read(self.connection)
             if not self._allowed():
                 return
             if self.path != "/plugins":
@@ -151,6 +204,7 @@ def _handler(host: Host, policy: _Policy) -> type[http.server.BaseHTTPRequestHan
             if not self._allowed():
                 return
             body = self._body()
+            self.server.read(self.connection)  # the whole request is in: the plugin's deadline bounds the rest
             if body is None:
                 return
             parts = self.path.strip("/").split("/")
@@ -182,7 +236,7 @@ def _handler(host: Host, policy: _Policy) -> type[http.server.BaseHTTPRequestHan
                 self._reply(200, output)
             # One line per call, so the developer sees traffic next to the reload lines.
             ms = (time.perf_counter() - started) * 1000
-            _log.info("call %s.%s: %s in %.1f ms", parts[1], parts[2], outcome, ms)
+            _log.info("call %s.%s: %s in %.1f ms", safe_name(parts[1]), safe_name(parts[2]), safe_name(outcome), ms)
 
         def _body(self) -> bytes | None:
             """The request body, or None after answering a request whose body cannot be taken."""
@@ -241,6 +295,7 @@ def serve_calls(
     allowed_hosts: Iterable[str] = (),
     allow_remote: bool = False,
     workers: int = DEFAULT_DEV_WORKERS,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
 ) -> DevServer:
     """Serve plugin calls over HTTP on `listen` (HOST:PORT) on a background thread.
 
@@ -262,7 +317,7 @@ def serve_calls(
             "use a loopback address, or --allow-remote ([dev] allow_remote = true) if you mean it"
         )
     try:
-        server = DevServer((address, int(port_text)), http.server.BaseHTTPRequestHandler, workers)
+        server = DevServer((address, int(port_text)), http.server.BaseHTTPRequestHandler, workers, request_timeout_s)
     except (OSError, ValueError, OverflowError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise HostError(f"cannot listen on {listen}: {reason}") from exc

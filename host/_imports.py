@@ -21,8 +21,9 @@ from ._errors import AbiStatusError
 from ._ffi import GuestMemory, RawCallback, Slots
 from ._limits import Limits
 from ._requests import key_list, key_value_map
+from ._text import safe_text
 
-__all__ = ["LOG_BYTES_PER_CALL", "AbiImports", "CallDeadline", "Grant", "PluginLog", "StartFunctionCall", "safe_text"]
+__all__ = ["LOG_BYTES_PER_CALL", "AbiImports", "CallDeadline", "Grant", "PluginLog", "StartFunctionCall"]
 
 _I32_MAX: Final = 2**31 - 1
 _LOG_LEVELS: Final = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
@@ -48,33 +49,6 @@ class StartFunctionCall(Exception):
 
 class CallDeadline(Exception):
     """An import was called after the call's deadline: the call ends as a timeout."""
-
-
-#: Characters a terminal or a log reader would act on: C0 and C1 controls, DEL, line and paragraph
-#: separators, and the bidirectional overrides that can reorder what a line appears to say.
-_UNSAFE: Final = frozenset(
-    [
-        *map(chr, range(0x20)),
-        *map(chr, range(0x7F, 0xA0)),
-        "\u2028",
-        "\u2029",
-        *map(chr, range(0x202A, 0x202F)),
-        *map(chr, range(0x2066, 0x206A)),
-        "\u200e",
-        "\u200f",
-        "\u061c",
-    ]
-)
-
-
-def safe_text(raw: bytes) -> str:
-    """Plugin text made safe for a terminal and a line-based log: UTF-8 (invalid bytes replaced),
-    every control character escaped (`\\x1b`, `\\n`), so no plugin can move the cursor, set a
-    title, or write what looks like another log line."""
-    text = raw.decode("utf-8", "replace")
-    if text.isprintable():
-        return text
-    return "".join(ch.encode("unicode_escape").decode("ascii") if ch in _UNSAFE else ch for ch in text)
 
 
 class PluginLog:

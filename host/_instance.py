@@ -86,19 +86,19 @@ class Instance:
             assert isinstance(func, wasmtime.Func)
             self.entry[export] = ExportFunc(self.store, func)
 
-    def run(self, func: ExportFunc, input: bytes) -> int:
-        """Run entry point `func` with `input` within the grant's deadline and fuel; its status.
+    def run(self, func: ExportFunc, input: bytes, deadline_ms: int) -> int:
+        """Run entry point `func` with `input` for at most `deadline_ms`, within the grant's fuel; its status.
 
         Raises:
             wasmtime.Trap, wasmtime.WasmtimeError: if the call trapped (see `host_error`).
         """
         limits = self.grant.limits
-        self.imports.begin_call(input, limits.deadline_ms)
+        self.imports.begin_call(input, deadline_ms)
         self.host_error = None
         self.timed_out = False
         if limits.fuel is not None:
             self.store.set_fuel(limits.fuel)
-        return func(self.sandbox.deadline_ticks(limits))
+        return func(self.sandbox.deadline_ticks_for(deadline_ms))
 
     @property
     def output(self) -> bytes:

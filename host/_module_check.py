@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from typing import Final
 
 import wasmtime
 
 from ..abi import ENTRY_SIGNATURE, HOST_IMPORTS, HOST_MODULE, KV_IMPORTS, KV_MODULE, MEMORY_EXPORT
 from ._errors import LoadError
-from ._limits import Limits
+from ._limits import MAX_FUNCTIONS, MAX_GLOBALS, MAX_MODULE_BYTES, MAX_SEGMENTS, Limits
+from ._text import safe_name
 
-__all__ = ["ModuleInfo", "Signature", "check_module", "signature"]
+__all__ = ["ModuleInfo", "Signature", "check_binary", "check_module", "signature"]
 
 Signature = tuple[tuple[str, ...], tuple[str, ...]]
 """A function type as the ABI tables write it: (param types, result types)."""
@@ -41,6 +43,58 @@ def _shown(sig: Signature) -> str:
     return f"({', '.join(sig[0])}) -> ({', '.join(sig[1])})"
 
 
+#: Section id -> (what it declares, the most a plugin may declare), for the sections whose count costs.
+_COUNTED: Final = {
+    3: ("functions", MAX_FUNCTIONS),
+    6: ("globals", MAX_GLOBALS),
+    9: ("element segments", MAX_SEGMENTS),
+    11: ("data segments", MAX_SEGMENTS),
+}
+
+
+def _leb(wasm: bytes, at: int) -> tuple[int, int]:
+    """An unsigned LEB128 at `at`: its value and the offset after it."""
+    value = shift = 0
+    while True:
+        byte = wasm[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+        if shift > 35:
+            raise ValueError("LEB128 too long")
+
+
+def check_binary(wasm: bytes, name: str, label: str) -> None:
+    """Check a module's size and what it declares before compiling it, which costs memory by the function.
+
+    Only counts are read; a malformed module is left for the compiler to describe.
+
+    Raises:
+        LoadError: if the module is larger than `MAX_MODULE_BYTES` or declares more than a plugin may.
+    """
+    if len(wasm) > MAX_MODULE_BYTES:
+        raise LoadError(
+            f"plugin {name!r} ({label}) is {len(wasm)} bytes, over the {MAX_MODULE_BYTES}-byte module limit"
+        )
+    at = 8
+    try:
+        while at < len(wasm):
+            section, at = wasm[at], at + 1
+            size, at = _leb(wasm, at)
+            if section in _COUNTED:
+                count, _ = _leb(wasm, at)
+                what, most = _COUNTED[section]
+                if count > most:
+                    raise LoadError(
+                        f"plugin {name!r} ({label}) declares {count} {what}, over the limit of {most} for a plugin"
+                    )
+            at += size
+    except (IndexError, ValueError):
+        return
+
+
 def check_module(module: wasmtime.Module, wasm: bytes, *, name: str, limits: Limits) -> ModuleInfo:
     """Check a compiled module against the ABI and the plugin's limits.
 
@@ -53,14 +107,14 @@ def check_module(module: wasmtime.Module, wasm: bytes, *, name: str, limits: Lim
     for imp in module.imports:
         key = (imp.module, imp.name or "")
         provided = _PROVIDED.get(key)
+        # The module's own names are escaped before they reach a message: a module is hostile input.
+        imported = safe_name(f"{imp.module}.{imp.name}")
         if provided is None:
-            raise LoadError(f"plugin {name!r} imports {imp.module}.{imp.name}, which the wasmkv ABI does not provide")
+            raise LoadError(f"plugin {name!r} imports {imported}, which the wasmkv ABI does not provide")
         ty = imp.type
         if not isinstance(ty, wasmtime.FuncType) or signature(ty) != provided:
             shown = _shown(signature(ty)) if isinstance(ty, wasmtime.FuncType) else type(ty).__name__
-            raise LoadError(
-                f"plugin {name!r} imports {imp.module}.{imp.name} with type {shown}; the ABI's is {_shown(provided)}"
-            )
+            raise LoadError(f"plugin {name!r} imports {imported} with type {shown}; the ABI's is {_shown(provided)}")
         # A module may import one function twice; the linker takes each name once.
         imports[key] = None
     exports = {exp.name: exp.type for exp in module.exports}

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 
 import wasmtime
 
 from .. import kv
 from ..abi import describe_status
 from ._errors import (
+    LoadError,
     PluginClosed,
     PluginFuelExhausted,
     PluginStatusError,
@@ -20,6 +23,7 @@ from ._imports import Grant
 from ._instance import Instance, trap_reason
 from ._limits import Limits
 from ._sandbox import Compiled, Sandbox, Source
+from ._text import safe_name
 
 __all__ = ["Plugin", "Version"]
 
@@ -97,18 +101,30 @@ class Plugin:
         """Run one call on `version`; the caller holds its lock."""
         if self._closed:
             raise PluginClosed(f"plugin {self.name!r} is closed", plugin=self.name, export=export)
+        started = time.monotonic()
         instance = version.instance
         if instance is None:
-            instance = version.instance = Instance(version.compiled, self._grant, self._sandbox)
+            # A fresh instance (after a trap) runs the module's start function again: that time is
+            # this call's, and a start function that fails is this call's failure, not a load error.
+            try:
+                instance = version.instance = Instance(version.compiled, self._grant, self._sandbox)
+            except LoadError as exc:
+                cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+                raise self._trap_error(export, cause, b"", timed_out=False) from exc
         func = instance.entry.get(export)
         if func is None:
             raise UnknownExport(
-                f"plugin {self.name!r} has no entry point {export!r} (it has: {', '.join(version.entry_points)})",
+                f"plugin {self.name!r} has no entry point {safe_name(repr(export))} "
+                f"(it has: {safe_name(', '.join(version.entry_points))})",
                 plugin=self.name,
                 export=export,
             )
+        left_ms = self.limits.deadline_ms - (time.monotonic() - started) * 1000
+        if left_ms <= 0:
+            late = TimeoutError("the deadline passed while a new instance ran its start function")
+            raise self._trap_error(export, late, b"", timed_out=True)
         try:
-            status = instance.run(func, bytes(input))
+            status = instance.run(func, bytes(input), math.ceil(left_ms))
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             output = instance.output
             host_error = instance.host_error
@@ -117,6 +133,7 @@ class Plugin:
             version.instance = None
             raise self._trap_error(export, exc, output, timed_out=timed_out) from host_error or exc
         output = instance.output
+        instance.imports.output = bytearray()  # the call's output is the caller's now: release it
         if status != 0:
             raise PluginStatusError(
                 f"plugin {self.name!r} export {export!r} returned status {describe_status(status)}",

@@ -19,7 +19,7 @@ import wasmtime
 from ._cache import ModuleCache
 from ._errors import LoadError
 from ._limits import MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, Limits
-from ._module_check import ModuleInfo, check_module
+from ._module_check import ModuleInfo, check_binary, check_module
 
 __all__ = ["EPOCH_TICK_MS", "Compiled", "Sandbox", "Source", "read_source"]
 
@@ -158,8 +158,13 @@ class Sandbox:
     @staticmethod
     def deadline_ticks(limits: Limits) -> int:
         """The epoch deadline, in ticks from now, that ends a call after `limits.deadline_ms`."""
+        return Sandbox.deadline_ticks_for(limits.deadline_ms)
+
+    @staticmethod
+    def deadline_ticks_for(deadline_ms: float) -> int:
+        """The epoch deadline, in ticks from now, that ends a run after `deadline_ms`, never before."""
         # +1: the current tick may be about to end.
-        return math.ceil(limits.deadline_ms / EPOCH_TICK_MS) + 1
+        return math.ceil(deadline_ms / EPOCH_TICK_MS) + 1
 
     def new_store(self, engine: wasmtime.Engine, limits: Limits) -> wasmtime.Store:
         """A wasmtime store for one plugin instance, with every resource it may create capped."""
@@ -186,6 +191,7 @@ class Sandbox:
             LoadError: if it is not WebAssembly, breaks the ABI, or starts over its memory limit.
         """
         wasm, label = read_source(source)
+        check_binary(wasm, name, label)
         fuel = limits.fuel is not None
         engine = self.engine(fuel=fuel)
         try:

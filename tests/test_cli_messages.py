@@ -199,3 +199,15 @@ def test_inspect_of_a_directory_without_a_store_says_so_and_creates_nothing(tmp_
     assert result.returncode == 2
     assert one_line(result) == "wasmkv: no store at nothing-here; give --state DIR|URL or --config FILE"
     assert not (tmp_path / "nothing-here").exists()
+
+
+def test_a_modules_hostile_names_reach_the_terminal_escaped(tmp_path: Path) -> None:
+    name = "\\1b]0;owned\\07\\1b[2J\\0aINFO wasmkv.dev: reloaded counter"  # WAT string escapes
+    (tmp_path / "evil.wat").write_text(f'(module (import "kv" "{name}" (func)) (memory (export "memory") 1))')
+    result = wasmkv("run", "evil.wat", cwd=tmp_path)
+    line = one_line(result)
+    assert line.isprintable()
+    assert line == (
+        "wasmkv: plugin 'evil' imports kv.\\x1b]0;owned\\x07\\x1b[2J\\nINFO wasmkv.dev: reloaded counter, "
+        "which the wasmkv ABI does not provide"
+    )

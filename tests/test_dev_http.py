@@ -190,3 +190,44 @@ def test_an_address_that_cannot_be_bound_is_one_clear_error() -> None:
         pytest.raises(host.HostError, match=r"^cannot listen on 127\.0\.0\.1:99999: "),
     ):
         host.serve_calls(wasm_host, "127.0.0.1:99999")
+
+
+def test_clients_that_trickle_their_request_lose_their_worker_after_the_request_timeout() -> None:
+    with kv.KvStore.memory() as store, host.Host(store) as wasm_host:
+        wasm_host.load(versioned(1), name="p", tenant="acme")
+        server = host.serve_calls(wasm_host, "127.0.0.1:0", workers=2, request_timeout_s=1.0)
+        port = int(server.server_address[1])
+        stop = threading.Event()
+        trickled: list[socket.socket] = []
+
+        def trickle() -> None:
+            conn = socket.create_connection(("127.0.0.1", port))
+            trickled.append(conn)
+            try:
+                for byte in b"POST /call/p/call HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000:
+                    if stop.wait(0.2):
+                        return
+                    conn.send(bytes([byte]))
+            except OSError:
+                return  # the server closed it: what this test waits for
+
+        slow = [threading.Thread(target=trickle) for _ in range(2)]
+        try:
+            for thread in slow:
+                thread.start()
+            time.sleep(0.3)
+            assert status(post(port, f"Host: 127.0.0.1:{port}")) == 503  # both workers held
+            deadline = time.monotonic() + 10
+            answer = 503
+            while answer == 503 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                answer = status(post(port, f"Host: 127.0.0.1:{port}"))
+            assert answer == 200  # freed by the watchdog, though the trickling never stopped
+        finally:
+            stop.set()
+            for thread in slow:
+                thread.join()
+            for conn in trickled:
+                conn.close()
+            server.shutdown()
+            server.server_close()

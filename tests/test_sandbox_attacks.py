@@ -9,14 +9,19 @@ themselves are measured in bench/.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
+import wasmtime
+from wat import versioned
 
 from wasmkv import host, kv
 from wasmkv.host._imports import packed_values_size
@@ -345,3 +350,105 @@ def test_a_16_mb_hostile_request_costs_little_memory_and_time(export: str) -> No
     # The request itself is 16 MB of the plugin's memory, and the import copies it once: that much is expected.
     assert result["grew_mib"] < 16 * 3 + 30
     assert result["seconds"] < 1.0
+
+
+def _many_functions(count: int) -> bytes:
+    """A module of `count` empty functions and one exported memory, in binary (WAT text this size is slow)."""
+
+    def leb(value: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, value = value & 0x7F, value >> 7
+            out.append(byte | (0x80 if value else 0))
+            if not value:
+                return bytes(out)
+
+    def section(kind: int, body: bytes) -> bytes:
+        return bytes([kind]) + leb(len(body)) + body
+
+    types = section(1, leb(1) + b"\x60\x00\x00")
+    functions = section(3, leb(count) + b"\x00" * count)
+    memory = section(5, leb(1) + b"\x00\x01")
+    exports = section(7, leb(1) + leb(6) + b"memory" + b"\x02\x00")
+    code = section(10, leb(count) + b"\x02\x00\x0b" * count)
+    return b"\0asm\x01\0\0\0" + types + functions + memory + exports + code
+
+
+def test_a_module_declaring_a_million_functions_is_refused_before_compiling(tmp_path: Path) -> None:
+    (tmp_path / "huge.wasm").write_bytes(_many_functions(1_000_000))
+    result = measured(
+        f"""
+        WASM = open({str(tmp_path / "huge.wasm")!r}, "rb").read()
+        with kv.KvStore.memory() as store, host.Host(store) as h:
+            before = peak_mib()
+            started = time.monotonic()
+            try:
+                h.load(WASM, name="huge", tenant="evil")
+            except host.LoadError as exc:
+                RESULT["error"] = str(exc)
+            RESULT["seconds"] = time.monotonic() - started
+            RESULT["grew_mib"] = peak_mib() - before
+        """
+    )
+    assert result["error"] == "plugin 'huge' (<bytes>) declares 1000000 functions, over the limit of 50000 for a plugin"
+    assert result["grew_mib"] < 20
+    assert result["seconds"] < 1.0
+    with kv.KvStore.memory() as store, host.Host(store) as wasm_host:
+        wasm_host.load(_many_functions(2000), name="fine", tenant="t")  # an ordinary count loads
+
+
+@pytest.mark.parametrize("plant", ["fifo", "symlink to /dev/zero"])
+def test_a_cache_entry_that_is_not_a_file_is_never_read(tmp_path: Path, plant: str) -> None:
+    wasm = wasmtime.wat2wasm(versioned(1))
+    with kv.KvStore.memory() as store:
+        with host.Host(store, cache_dir=tmp_path) as first:
+            first.load(wasm, name="p", tenant="t")
+        (entry,) = tmp_path.glob("*.cwasm")
+        entry.unlink()
+        if plant == "fifo":
+            os.mkfifo(entry)
+        else:
+            entry.symlink_to("/dev/zero")
+    result = measured(
+        f"""
+        import wasmtime
+        with kv.KvStore.memory() as store, host.Host(store, cache_dir={str(tmp_path)!r}) as h:
+            before = peak_mib()
+            started = time.monotonic()
+            RESULT["answer"] = h.load({wasm!r}, name="p", tenant="t").call("call")[:3].decode()
+            RESULT["seconds"] = time.monotonic() - started
+            RESULT["grew_mib"] = peak_mib() - before
+        """,
+        timeout_s=60,
+    )
+    assert result["answer"] == "v01"
+    assert result["seconds"] < 5
+    assert result["grew_mib"] < RSS_BOUND_MIB
+
+
+def _start_spinner(iterations: int) -> str:
+    return f"""(module (memory (export "memory") 1) (global $i (mut i32) (i32.const 0))
+      (func $start (loop $l (global.set $i (i32.add (global.get $i) (i32.const 1)))
+                            (br_if $l (i32.lt_u (global.get $i) (i32.const {iterations})))))
+      (start $start)
+      (func (export "trap") (result i32) unreachable)
+      (func (export "spin") (result i32) (loop $l (br $l)) (i32.const 0)))"""
+
+
+def test_a_start_function_rerun_after_a_trap_counts_against_the_calls_deadline() -> None:
+    with kv.KvStore.memory() as store, host.Host(store) as wasm_host:
+        # Calibrate a start function that takes about 60 % of a 1 s deadline on this machine now.
+        iterations = 10_000_000
+        started = time.monotonic()
+        wasm_host.load(_start_spinner(iterations), name="probe", tenant="t", limits=host.Limits(deadline_ms=60_000))
+        per_iteration = (time.monotonic() - started) / iterations
+        iterations = max(1000, int(0.6 / per_iteration))
+        plugin = wasm_host.load(_start_spinner(iterations), name="p", tenant="t")
+        for _ in range(3):
+            with pytest.raises(host.PluginTrap):
+                plugin.call("trap")  # the instance is replaced: the next call starts a new one
+            started = time.monotonic()
+            with pytest.raises(host.PluginTimeout):
+                plugin.call("spin")
+            # Start function and call share one 1 s deadline (it used to be one each: ~1.6 s).
+            assert time.monotonic() - started < 1.0 + 0.4
