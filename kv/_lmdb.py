@@ -32,11 +32,12 @@ import lmdb
 
 from ._errors import BackendUnavailable, InvalidArgument, QuotaExceeded, ValueTooLarge
 from ._lmdb_layout import (
+    BOX_V2,
     MAX_LMDB_KEY,
     NO_TTL,
+    SHORT_ROOM,
     Writer,
     expiry_of,
-    is_box,
     is_live,
     live_value,
     lookup,
@@ -44,7 +45,7 @@ from ._lmdb_layout import (
     replace,
     scan,
     stored_len,
-    unbox,
+    unbox_v2,
 )
 from ._rules import (
     Clock,
@@ -65,8 +66,9 @@ __all__ = [
 
 #: The data and lock files are private to the user running the store.
 _FILE_MODE: Final = 0o600
-#: The layout this code writes. 1: data, expiry and usage (the first release); 2: adds tenant records.
-STORE_FORMAT: Final = 2
+#: The layout this code writes. 1: data, expiry and usage (the first release); 2: adds tenant records;
+#: 3: long keys each in their own record instead of boxes (see `kv._lmdb_layout`).
+STORE_FORMAT: Final = 3
 _FORMAT_KEY: Final = b"format"
 #: Address space reserved for the data file; the file itself grows only as data is written.
 DEFAULT_MAP_SIZE_BYTES: Final = 64 * 1024**3
@@ -108,12 +110,37 @@ def _check_format(env: lmdb.Environment, path: str) -> None:
                     f"the store at {path} has store format {shown}, newer than this wasmkv reads "
                     f"({STORE_FORMAT}): open it with a newer wasmkv"
                 )
-            # Format 1 to 2 adds the (empty) tenants database: nothing to rewrite.
+            # Format 2 added the (empty) tenants database; format 3 moved long keys out of boxes.
             env.open_db(b"tenants", txn=txn)
-            if found < STORE_FORMAT or raw is None:
+            if found < 3:
+                _unbox_long_keys(txn, env.open_db(b"data", txn=txn))
+            if found < STORE_FORMAT:
                 txn.put(_FORMAT_KEY, str(STORE_FORMAT).encode(), db=meta)
     except lmdb.Error as exc:
         raise BackendUnavailable(f"cannot open the store at {path}: {exc}") from exc
+
+
+def _unbox_long_keys(txn: lmdb.Transaction, data: lmdb._Database) -> None:
+    """Rewrite a format 1 or 2 store's long keys (in boxes, or stored whole) to format 3's layout.
+
+    One pass over the data, once, inside the transaction that records the new format.
+    """
+    old_keys: list[bytes] = []
+    moves: list[tuple[bytes, bytes, bytes]] = []
+    for where, stored in txn.cursor(db=data):
+        old_key = bytes(where)
+        tenant, bucket, rest = old_key.split(b"\0", 2)
+        prefix = tenant + b"\0" + bucket + b"\0"
+        if stored[0] == BOX_V2:
+            old_keys.append(old_key)
+            moves.extend((prefix, rest + tail, record) for tail, record in unbox_v2(stored))
+        elif len(old_key) > SHORT_ROOM:
+            old_keys.append(old_key)
+            moves.append((prefix, rest, bytes(stored)))
+    for old_key in old_keys:
+        txn.delete(old_key, db=data)
+    for prefix, key, record in moves:
+        replace(txn, data, prefix, key, record)
 
 
 class LmdbStore:
@@ -190,7 +217,7 @@ class LmdbStore:
         except lmdb.Error as exc:
             raise self._unavailable(exc) from exc
         try:
-            if len(key) + len(prefix) >= MAX_LMDB_KEY:
+            if len(key) + len(prefix) > SHORT_ROOM:
                 return live_value(lookup(txn, self._data, prefix, key), now_ms(self._clock))
             # The common short key is read inline.
             record = txn.get(prefix + key)
@@ -207,7 +234,7 @@ class LmdbStore:
     def get_many(self, ns: Namespace, keys: Sequence[bytes]) -> list[bytes | None]:
         """The live values, in the order of `keys`."""
         prefix = ns.prefix
-        short = MAX_LMDB_KEY - len(prefix)
+        short = SHORT_ROOM - len(prefix)
         full = [prefix + key for key in keys]
         try:
             txn = self._env.begin(db=self._data)
@@ -215,7 +242,7 @@ class LmdbStore:
             raise self._unavailable(exc) from exc
         try:
             now = now_ms(self._clock)
-            if not keys or max(map(len, keys)) < short:
+            if not keys or max(map(len, keys)) <= short:
                 # One C-level lookup loop for the whole batch, then one pass to unwrap the records.
                 found = dict(txn.cursor().getmulti(full))
                 return [
@@ -292,8 +319,7 @@ class LmdbStore:
                 cursor = txn.cursor(db=db)
                 found = cursor.set_range(prefix)
                 while found and bytes(cursor.key()).startswith(prefix):
-                    if count:
-                        removed += len(unbox(cursor.value())) if is_box(cursor.value()) else 1
+                    removed += count
                     found = cursor.delete()
             txn.delete(prefix[:-1], db=self._usage)
             txn.delete(prefix[:-1], db=self._tenants)

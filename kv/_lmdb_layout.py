@@ -7,11 +7,16 @@ Three named databases in one environment:
 - `usage`:  tenant → be64(keys) + be64(bytes), counting every stored record, expired or not
 
 LMDB keys are at most 511 bytes, less than a namespace prefix plus a 512-byte
-key. A key too long to fit is stored in a *box*: the record at
-`ns.prefix + key[:head]` (flag `b"\\2"`) holds a sorted msgpack list of
-`[tail, record]` for every key sharing that head. Boxes sort where their keys
-do, so listings stay in byte order; they are rare (keys of ~450+ bytes) and
-almost always hold one key.
+key. A key whose prefix + key would pass `SHORT_ROOM` (494 bytes) is *long*: it
+is stored at `ns.prefix + key[:head] + 0xFF + blake2b(ns.prefix + key)[:16]`,
+and its record (flag `b"\\3"`) carries the rest of the key, its tail, before
+the usual record. A point lookup is then one B-tree lookup, however many long
+keys share a head. Long keys sharing a head sort together, after any shorter
+key with that head, so a listing reads such a group whole and orders it by its
+tails (the cost of a group is paid by listings that reach it, and a group is at
+most a tenant's `max_keys`). Format 2 kept such keys in "boxes", one record per
+head holding every tail and value, which made every lookup cost the whole box;
+format 1 and 2 stores are rewritten to this layout when they open.
 
 Everything here works inside a transaction the engine (`kv._lmdb.LmdbStore`) opened.
 """
@@ -30,25 +35,32 @@ from ._rules import Namespace
 __all__ = [
     "MAX_LMDB_KEY",
     "NO_TTL",
+    "SHORT_ROOM",
     "Writer",
     "encode_record",
     "expiry_of",
-    "is_box",
     "is_live",
     "live_value",
+    "lmdb_key",
     "lookup",
     "read_usage",
     "replace",
     "scan",
     "stored_len",
-    "unbox",
+    "unbox_v2",
     "value_of",
 ]
 
 NO_TTL: Final = 0
-_BOX: Final = 2
+#: The flag of a format-2 box (see `unbox_v2`), read only to upgrade such a store.
+BOX_V2: Final = 2
+_LONG: Final = 3
+_LONG_MARK: Final = b"\xff"
+_HASH_BYTES: Final = 16
 #: LMDB's compiled-in key limit (`mdb_env_get_maxkeysize`); checked when a store opens.
 MAX_LMDB_KEY: Final = 511
+#: The most namespace prefix + key bytes stored as the LMDB key itself; longer keys are long.
+SHORT_ROOM: Final = MAX_LMDB_KEY - len(_LONG_MARK) - _HASH_BYTES
 
 
 def encode_record(value: bytes, expires_ms: int | None) -> bytes:
@@ -92,72 +104,84 @@ def read_usage(txn: lmdb.Transaction, db: lmdb._Database, tenant: bytes) -> tupl
     return int.from_bytes(raw[:8], "big", signed=True), int.from_bytes(raw[8:16], "big", signed=True)
 
 
-def is_box(record: bytes | memoryview) -> bool:
-    """Whether a stored record is a box of several long keys rather than one value."""
-    return record[0] == _BOX
+def lmdb_key(prefix: bytes, key: bytes) -> bytes:
+    """Where `key` of the namespace `prefix` is stored: itself, or for a long key its head and hash."""
+    if len(prefix) + len(key) <= SHORT_ROOM:
+        return prefix + key
+    head = SHORT_ROOM - len(prefix)
+    return prefix + key[:head] + _LONG_MARK + hashlib.blake2b(prefix + key, digest_size=_HASH_BYTES).digest()
 
 
-def unbox(box: bytes | memoryview) -> list[list[bytes]]:
-    """The `[tail, record]` entries of a box."""
-    entries: list[list[bytes]] = msgpack.unpackb(bytes(box[1:]))
-    return entries
+def _split_long(stored: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
+    """A long key's stored record: its tail, and the record proper."""
+    size = int.from_bytes(stored[1:3], "big")
+    return bytes(stored[3 : 3 + size]), stored[3 + size :]
 
 
 def lookup(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes, key: bytes) -> bytes | memoryview | None:
-    """The stored record of `key` (live or expired), through a box if the key is long."""
-    head = MAX_LMDB_KEY - len(prefix)
-    if len(key) < head:
-        record: bytes | memoryview | None = txn.get(prefix + key, db=db)
-        return record
-    box = txn.get(prefix + key[:head], db=db)
-    if box is None:
-        return None
-    tail = key[head:]
-    for entry_tail, record in unbox(box):
-        if entry_tail == tail:
-            return record
-    return None
+    """The stored record of `key` (live or expired)."""
+    stored: bytes | memoryview | None = txn.get(lmdb_key(prefix, key), db=db)
+    if stored is None or stored[0] != _LONG:
+        return stored
+    tail, record = _split_long(stored)
+    # The hash chose the slot; the tail proves it holds this key and not another with the same hash.
+    return record if tail == key[SHORT_ROOM - len(prefix) :] else None
 
 
 def replace(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes, key: bytes, record: bytes | None) -> bytes | None:
     """Store `record` at `key` (None deletes it); return the record it replaced."""
-    head = MAX_LMDB_KEY - len(prefix)
-    if len(key) < head:
-        full = prefix + key
-        old = txn.get(full, db=db)
-        if record is not None:
-            txn.put(full, record, db=db)
-        elif old is not None:
-            txn.delete(full, db=db)
-        return None if old is None else bytes(old)
-    full = prefix + key[:head]
-    tail = key[head:]
-    box = txn.get(full, db=db)
-    entries = {} if box is None else {entry_tail: entry for entry_tail, entry in unbox(box)}
-    old_entry = entries.pop(tail, None)
+    where = lmdb_key(prefix, key)
+    old = lookup(txn, db, prefix, key)
+    old_copy = None if old is None else bytes(old)
     if record is not None:
-        entries[tail] = record
-    if entries:
-        txn.put(full, bytes([_BOX]) + msgpack.packb(sorted([t, r] for t, r in entries.items())), db=db)
-    elif box is not None:
-        txn.delete(full, db=db)
-    return old_entry
+        if len(prefix) + len(key) > SHORT_ROOM:  # a long key: keep its tail with the record
+            tail = key[SHORT_ROOM - len(prefix) :]
+            record = bytes([_LONG]) + len(tail).to_bytes(2, "big") + tail + record
+        txn.put(where, record, db=db)
+    elif old is not None:
+        txn.delete(where, db=db)
+    return old_copy
 
 
 def scan(cursor: lmdb.Cursor, prefix: bytes, start: bytes) -> Iterator[tuple[bytes, bytes | memoryview]]:
-    """Every (key, record) of namespace `prefix` from about `start` on, in key byte order, boxes opened."""
-    if not cursor.set_range((prefix + start)[:MAX_LMDB_KEY]):
+    """Every (key, record) of namespace `prefix` from about `start` on, in key byte order.
+
+    Long keys sharing a head are read as a group and yielded sorted by their tails.
+    """
+    head = SHORT_ROOM - len(prefix)
+    if not cursor.set_range(prefix + start[:head]):
         return
     base = len(prefix)
-    for full, record in cursor:
-        if bytes(full[:base]) != prefix:
+    more = True
+    while more:
+        full = bytes(cursor.key())
+        if not full.startswith(prefix):
             return
-        if record[0] == _BOX:
-            key_head = bytes(full[base:])
-            for tail, entry in unbox(record):
-                yield key_head + tail, entry
-        else:
-            yield bytes(full[base:]), record
+        stored = cursor.value()
+        if stored[0] != _LONG:
+            yield full[base:], stored
+            more = cursor.next()
+            continue
+        group = full[: base + head + len(_LONG_MARK)]
+        members: list[tuple[bytes, bytes | memoryview]] = []
+        while True:
+            tail, record = _split_long(stored)
+            members.append((full[base : base + head] + tail, record))
+            more = cursor.next()
+            if not more:
+                break
+            full = bytes(cursor.key())
+            if not full.startswith(group):
+                break
+            stored = cursor.value()
+        members.sort(key=lambda member: member[0])
+        yield from members
+
+
+def unbox_v2(box: bytes | memoryview) -> list[list[bytes]]:
+    """The `[tail, record]` entries of a format-2 box (the upgrade reads them once)."""
+    entries: list[list[bytes]] = msgpack.unpackb(bytes(box[1:]))
+    return entries
 
 
 def stored_len(record: bytes | memoryview) -> int:

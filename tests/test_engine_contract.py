@@ -285,6 +285,8 @@ def test_long_keys_that_share_a_long_head_keep_byte_order_and_their_values(engin
     head = b"h" * 499
     keys = [head + tail for tail in [b"", b"b", b"a", b"ab", "é".encode(), b"hh"]]
     keys += [b"h" * 450, b"h" * 498 + b"i", b"h" * 512]
+    # Around where the embedded engine stops storing a key as itself (its namespace prefix + key > 494 bytes).
+    keys += [b"h" * n + b"j" for n in range(478, 486)]
     for key in keys:
         engine.set(NS, key, key[-4:], None, QUOTA)
     assert live_keys(engine, prefix=b"h") == sorted(keys)

@@ -189,7 +189,7 @@ def test_a_store_of_the_first_format_opens_and_upgrades_in_place(tmp_path: Path)
         assert store.tenant("acme").quota == SMALL
     env = lmdb.open(str(state), max_dbs=8, readonly=True, lock=False)
     with env.begin() as txn:
-        assert txn.get(b"format", db=env.open_db(b"meta", txn=txn)) == b"2"
+        assert txn.get(b"format", db=env.open_db(b"meta", txn=txn)) == b"3"
     env.close()
 
 
@@ -198,12 +198,12 @@ def test_a_store_of_a_newer_format_is_refused_in_one_line(tmp_path: Path) -> Non
         store.tenant("t").bucket().set("k", b"v")
     env = lmdb.open(str(tmp_path / "s"), max_dbs=8)
     with env.begin(write=True) as txn:
-        txn.put(b"format", b"3", db=env.open_db(b"meta", txn=txn))
+        txn.put(b"format", b"4", db=env.open_db(b"meta", txn=txn))
     env.close()
     with pytest.raises(kv.BackendUnavailable) as raised:
         kv.KvStore.open(tmp_path / "s")
     assert str(raised.value) == (
-        f"the store at {tmp_path / 's'} has store format 3, newer than this wasmkv reads (2): "
+        f"the store at {tmp_path / 's'} has store format 4, newer than this wasmkv reads (3): "
         "open it with a newer wasmkv"
     )
 
