@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_STATE := .wasmkv/demo-state
 
-.PHONY: demo test plugins lint bench clean
+.PHONY: demo test plugins lint bench clean redis-cluster
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ bench: plugins
 	$(BIN)/python bench/bench_sandbox.py
 	$(BIN)/python tests/ensure_redis.py
 	$(BIN)/python bench/bench_cluster.py
+
+# A local Redis Cluster (3 masters, 3 replicas) on free loopback ports, until Ctrl-C; installs
+# Debian's redis-server first when it is missing and we are root.
+redis-cluster: $(STAMP)
+	$(BIN)/python tests/ensure_redis.py
+	$(BIN)/python tests/_servers.py
 
 clean:
 	rm -rf $(VENV) plugins/build .wasmkv

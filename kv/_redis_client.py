@@ -108,7 +108,7 @@ def translate(where: str, timeout_s: float, exc: BaseException) -> BackendUnavai
             f"{where} refused the login ({exc}): give the password as the store's password option "
             "or in $WASMKV_REDIS_PASSWORD"
         )
-    if isinstance(exc, redis.exceptions.ConnectionError):
+    if isinstance(exc, redis.exceptions.ConnectionError) or "cannot be connected" in str(exc):
         return BackendUnavailable(f"{where} is unreachable: {exc}")
     if isinstance(exc, redis.exceptions.ClusterError | redis.exceptions.RedisClusterException):
         return BackendUnavailable(f"{where} cannot serve: {exc}")

@@ -249,3 +249,30 @@ def stop_all() -> None:
 
 # A run that dies before its session teardown must not leave servers behind.
 atexit.register(stop_all)
+
+
+def main() -> None:
+    """`python tests/_servers.py [--masters N] [--replicas N]`: a local Redis Cluster until Ctrl-C.
+
+    `make redis-cluster` runs it.
+    """
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description="Run a Redis Cluster on 127.0.0.1 until Ctrl-C.")
+    parser.add_argument("--masters", type=int, default=3)
+    parser.add_argument("--replicas", type=int, default=1)
+    args = parser.parse_args()
+    servers = RedisClusterServers(args.masters, args.replicas).start()
+    try:
+        print(f"Redis Cluster ready: {servers.url}", flush=True)
+        print(f"  wasmkv tenant list --state {servers.url}", flush=True)
+        print("Ctrl-C stops it and removes its data.", flush=True)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        servers.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 import uuid
@@ -212,3 +213,25 @@ def test_a_large_export_shows_progress_on_a_terminal(tmp_path: Path) -> None:
     assert b"exported 12000 keys of tenant t" in seen
     quiet = wasmkv("export", "--tenant", "t", "-o", "again.bin", cwd=tmp_path)  # not a terminal
     assert quiet.stderr == "wasmkv: exported 12000 keys of tenant t\n"
+
+
+def test_the_documented_local_cluster_recipe_starts_serves_and_stops(tmp_path: Path) -> None:
+    recipe = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "_servers.py")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert recipe.stdout is not None
+        ready = recipe.stdout.readline()
+        assert ready.startswith("Redis Cluster ready: redis+cluster://127.0.0.1:")
+        url = ready.split(": ", 1)[1].strip()
+        done = wasmkv("tenant", "set-quota", "t", "--max-keys", "3", "--state", url, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        recipe.send_signal(signal.SIGINT)
+        assert recipe.wait(timeout=30) == 0
+        gone = wasmkv("tenant", "list", "--state", url + "?timeout_s=1", cwd=tmp_path)
+        assert gone.returncode == 2 and "unreachable" in gone.stderr
+    finally:
+        recipe.kill()
+        recipe.wait()
+        if recipe.stdout is not None:
+            recipe.stdout.close()

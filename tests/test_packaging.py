@@ -7,6 +7,7 @@ directory outside the repository.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import sysconfig
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_docs import C_BUILD
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,9 +112,9 @@ def test_wasmkv_sdk_points_into_the_installed_package_and_builds_a_plugin(instal
         "    return 0;\n"
         "}\n"
     )
-    build = [sys.executable, "-m", "ziglang", "cc", "--target=wasm32-freestanding", "-nostdlib", "-Oz"]
-    build += ["-Wl,--no-entry", "-Wl,--export-dynamic", f"-I{include}", "-o", "hit.wasm", "hit.c"]
-    subprocess.run(build, cwd=tmp_path, check=True, capture_output=True)
+    # The build line the docs give, as a user would type it after `pip install wasmkv ziglang`.
+    build = shlex.split(C_BUILD.replace('"$(wasmkv sdk c)"', shlex.quote(include)))
+    subprocess.run([sys.executable, *build[1:]], cwd=tmp_path, check=True, capture_output=True)
     state = tmp_path / "state"
     for expected in ("1", "2"):
         run = subprocess.run(

@@ -5,8 +5,7 @@
  * bulk-memory instructions, which zig cc's default wasm32 CPU enables; with
  * -mcpu=mvp the compiler would call a memcpy that does not exist.
  *
- *   zig cc --target=wasm32-freestanding -nostdlib -Oz -Wl,--no-entry
- *          -Wl,--export-dynamic -Wl,--strip-all -I abi/guest -o p.wasm p.c
+ *   python -m ziglang cc --target=wasm32-freestanding -nostdlib -Oz -Wl,--no-entry -Wl,--export-dynamic -Wl,--strip-all -I "$(wasmkv sdk c)" -o hit.wasm hit.c
  *
  * Conventions:
  * - Functions return an int32_t: >= 0 is a result, < 0 a WASMKV_* status code.
