@@ -73,18 +73,37 @@ def wait_until(what: str, check: Callable[[], bool], deadline_s: float = START_D
     raise RuntimeError(f"timed out after {deadline_s} s waiting for {what} (last error: {last!r})")
 
 
-class RedisServer:
-    """One `redis-server` process on a loopback port, in its own directory."""
+def make_tls_files(directory: Path) -> Path:
+    """A private CA and a server certificate for 127.0.0.1 signed by it, made with openssl; `directory`."""
 
-    def __init__(self, *, cluster: bool = False, root: Path | None = None, port: int | None = None) -> None:
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "2", "-subj", "/CN=wasmkv test CA")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "san.cnf")  # fmt: skip
+    return directory
+
+
+class RedisServer:
+    """One `redis-server` process on a loopback port, in its own directory; over TLS with `tls` files."""
+
+    def __init__(
+        self, *, cluster: bool = False, root: Path | None = None, port: int | None = None, tls: Path | None = None
+    ) -> None:
         self.port = port if port is not None else free_port(with_bus=cluster)
         self.cluster = cluster
+        self.tls = tls
         self.dir = Path(tempfile.mkdtemp(prefix=f"redis-{self.port}-", dir=root))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{HOST}:{self.port}/0"
 
     @property
     def address(self) -> str:
@@ -94,7 +113,7 @@ class RedisServer:
         """Start the server and wait until it answers PING."""
         args = [
             "redis-server",
-            "--port", str(self.port),
+            *(["--port", "0", "--tls-port", str(self.port)] if self.tls else ["--port", str(self.port)]),
             "--bind", HOST,
             "--dir", str(self.dir),
             "--save", "",
@@ -102,6 +121,15 @@ class RedisServer:
             "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
         ]  # fmt: skip
+        if self.tls:
+            args += [
+                "--tls-cert-file", str(self.tls / "server.crt"),
+                "--tls-key-file", str(self.tls / "server.key"),
+                "--tls-ca-cert-file", str(self.tls / "ca.crt"),
+                "--tls-auth-clients", "no",
+                "--tls-cluster", "yes",
+                "--tls-replication", "yes",
+            ]  # fmt: skip
         if self.cluster:
             args += [
                 "--cluster-enabled", "yes",
@@ -115,7 +143,8 @@ class RedisServer:
         return self
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=HOST, port=self.port, socket_timeout=2, socket_connect_timeout=2)
+        tls: dict[str, object] = {} if self.tls is None else {"ssl": True, "ssl_ca_certs": str(self.tls / "ca.crt")}
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=2, socket_connect_timeout=2, **tls)
 
     def _answers(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -144,16 +173,18 @@ class RedisServer:
 class RedisClusterServers:
     """A Redis Cluster of `masters` masters with `replicas` replicas each, made by `redis-cli --cluster create`."""
 
-    def __init__(self, masters: int = 3, replicas: int = 1) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 1, *, tls: Path | None = None) -> None:
         self.masters = masters
         self.replicas = replicas
+        self.tls = tls
         self.root = Path(tempfile.mkdtemp(prefix="redis-cluster-"))
-        self.nodes = [RedisServer(cluster=True, root=self.root) for _ in range(masters * (1 + replicas))]
+        self.nodes = [RedisServer(cluster=True, root=self.root, tls=tls) for _ in range(masters * (1 + replicas))]
 
     @property
     def url(self) -> str:
-        """The `redis+cluster://` URL naming every node as a startup node."""
-        return "redis+cluster://" + ",".join(node.address for node in self.nodes)
+        """The `redis+cluster://` (`rediss+cluster://` over TLS) URL naming every node as a startup node."""
+        scheme = "rediss+cluster" if self.tls else "redis+cluster"
+        return f"{scheme}://" + ",".join(node.address for node in self.nodes)
 
     def start(self) -> RedisClusterServers:
         """Start every node, create the cluster, and wait until it serves every slot with replicas in sync."""
@@ -162,6 +193,8 @@ class RedisClusterServers:
                 node.start()
             create = ["redis-cli", "--cluster", "create", *(node.address for node in self.nodes)]
             create += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+            if self.tls:
+                create += ["--tls", "--cacert", str(self.tls / "ca.crt")]
             done = subprocess.run(create, capture_output=True, text=True, timeout=START_DEADLINE_S, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"redis-cli --cluster create failed:\n{done.stdout}\n{done.stderr}")

@@ -1,4 +1,8 @@
-"""Make sure Debian's redis-server is installed before the cluster tests run (they start it themselves)."""
+"""Make sure the Debian tools the tests drive are installed: redis-server and redis-cli, and openssl.
+
+The tests start their servers themselves; this only installs what is missing
+(with apt-get, when we are root), so `make test` works on a fresh machine.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,23 @@ import shutil
 import subprocess
 import sys
 
+#: command -> the Debian package that provides it
+NEEDED = {"redis-server": "redis-server", "redis-cli": "redis-server", "openssl": "openssl"}
+
 
 def main() -> int:
-    """Install redis-server with apt-get when it is missing and we may; say what to do otherwise."""
-    if shutil.which("redis-server") and shutil.which("redis-cli"):
+    """Install what is missing with apt-get when we may; say what to do otherwise."""
+    missing = sorted({package for command, package in NEEDED.items() if shutil.which(command) is None})
+    if not missing:
         return 0
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("redis-server is missing: installing it with apt-get", flush=True)
+        print(f"missing {', '.join(missing)}: installing with apt-get", flush=True)
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
         return 0
-    print("The cluster tests need redis-server and redis-cli on PATH: install Debian's redis-server.", file=sys.stderr)
+    print(f"The tests need Debian's {', '.join(missing)}: install them (apt-get install {' '.join(missing)}).",
+          file=sys.stderr)  # fmt: skip
     return 1
 
 

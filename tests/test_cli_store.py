@@ -92,6 +92,7 @@ def test_tenant_list_show_set_quota_and_delete(built: Path, tmp_path: Path) -> N
         (["tenant", "set-quota", "t", "--max-keys", "0"], "argument --max-keys: must be a positive whole number"),
         (["tenant", "set-quota", "t", "--ops-per-second", "-3"], "must be a positive number or none, got '-3'"),
         (["tenant", "show", "ghost"], "no tenant 'ghost' in this store"),
+        (["export", "--tenant", "ghost"], "no tenant 'ghost' in this store"),
         (["tenant", "frobnicate"], "invalid choice: 'frobnicate'"),
         (["inspect", "--limit", "5000"], "must be a whole number from 1 to 1000"),
     ],
