@@ -46,6 +46,7 @@ lint: $(STAMP)
 
 bench: plugins
 	$(BIN)/python bench/bench_store.py
+	$(BIN)/python bench/bench_scan.py
 	$(BIN)/python bench/bench_host.py
 	$(BIN)/python bench/bench_dev.py
 	$(BIN)/python bench/bench_sandbox.py

@@ -93,6 +93,7 @@ KV_IMPORTS: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "increment": ((I32, I32, I32, I64, I32), (I32,)),
     "compare_and_swap": ((I32, I32, I32, I32, I32, I32, I32), (I32,)),
     "list_keys": ((I32, I32, I32, I32, I32, I32, I32, I32), (I32,)),
+    "scan": ((I32, I32, I32, I32, I32), (I32,)),
     "get_many": ((I32, I32, I32, I32, I32), (I32,)),
     "set_many": ((I32, I32, I32, I32, I32), (I32,)),
     "delete_many": ((I32, I32, I32, I32, I32), (I32,)),

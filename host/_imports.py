@@ -16,11 +16,11 @@ from typing import Final
 import msgpack
 
 from .. import kv
-from ..abi import HOST_MODULE, KV_MODULE, Status
+from ..abi import HOST_MODULE, KV_MODULE, LIST_MAX_LIMIT, Status
 from ._errors import AbiStatusError
 from ._ffi import GuestMemory, RawCallback, Slots
 from ._limits import Limits
-from ._requests import key_list, key_value_map
+from ._requests import key_list, key_value_map, small_map
 from ._text import safe_text
 
 __all__ = ["LOG_BYTES_PER_CALL", "AbiImports", "CallDeadline", "Grant", "PluginLog", "StartFunctionCall"]
@@ -116,6 +116,29 @@ def packed_values_size(values: list[bytes | None]) -> int:
     return size
 
 
+def _str_size(length: int) -> int:
+    return length + (1 if length < 32 else 2 if length < 256 else 3 if length < 65536 else 5)
+
+
+def packed_scan_size(items: list[tuple[str, bytes]], cursor: str | None) -> int:
+    """The exact length of the `kv.scan` reply for `items` and `cursor`, computed without building it."""
+    count = len(items)
+    # {"items": [...], "cursor": ...}: a fixmap header, two fixstr names.
+    size = 1 + 6 + 7 + (1 if count < 16 else 3 if count < 65536 else 5)
+    for key, value in items:
+        length = len(value)
+        # Keys are str of their UTF-8; ours are printable, mostly ASCII, so len() of the str is
+        # only a guess: measure the bytes.
+        size += 1 + _str_size(len(key.encode())) + length + (2 if length < 256 else 3 if length < 65536 else 5)
+    return size + (1 if cursor is None else _str_size(len(cursor)))
+
+
+_SCAN_FIELDS: Final = frozenset({"prefix", "start", "end", "cursor", "limit", "reverse"})
+_SCAN_REQUEST: Final = (
+    "a msgpack map with only prefix, start, end, cursor (str), limit (int) and reverse (bool), each at most once"
+)
+
+
 def _bad_pointer() -> AbiStatusError:
     # Raised fresh each time: re-raising one shared instance would chain every traceback onto
     # it, and a plugin looping on bad pointers would grow host memory.
@@ -157,6 +180,7 @@ class AbiImports:
             (KV_MODULE, "increment"): timed(self._increment),
             (KV_MODULE, "compare_and_swap"): timed(self._compare_and_swap),
             (KV_MODULE, "list_keys"): timed(self._list_keys),
+            (KV_MODULE, "scan"): timed(self._scan),
             (KV_MODULE, "get_many"): timed(self._get_many),
             (KV_MODULE, "set_many"): timed(self._set_many),
             (KV_MODULE, "delete_many"): timed(self._delete_many),
@@ -312,8 +336,39 @@ class AbiImports:
             cursor = cursor_raw.decode("ascii") if cursor_raw else None
         except UnicodeDecodeError:
             raise AbiStatusError(Status.INVALID_ARGUMENT, "cursor is not one returned by list_keys") from None
-        page = bucket.list_keys(prefix, cursor, s[20])  # type: ignore[arg-type]
+        page = bucket.list_keys(prefix, cursor, s[20])
         return self._reply(msgpack.packb({"keys": page.keys, "cursor": page.cursor}), out_pointer, capacity)
+
+    def _scan(self, s: Slots) -> int:
+        bucket = self._bucket(s[0])
+        out_pointer, capacity = s[12], s[16]
+        if not self.memory.fits(out_pointer, capacity):
+            raise _bad_pointer()
+        request = small_map(self._read(s[4], s[8]), _SCAN_FIELDS, _SCAN_REQUEST)
+        cursor = request.get("cursor")
+        limit = request.get("limit", kv.DEFAULT_LIST_LIMIT)
+        reverse = request.get("reverse", False)
+        if cursor is not None and type(cursor) is not str:
+            raise AbiStatusError(Status.INVALID_ARGUMENT, "scan cursor must be a str returned by scan, or nil")
+        if type(limit) is not int:
+            raise AbiStatusError(Status.INVALID_ARGUMENT, f"scan limit must be an int in 1..{LIST_MAX_LIMIT}")
+        if type(reverse) is not bool:
+            raise AbiStatusError(Status.INVALID_ARGUMENT, "scan reverse must be true or false")
+        page = bucket.scan(
+            request.get("prefix", ""),
+            start=request.get("start"),
+            end=request.get("end"),
+            cursor=cursor,
+            limit=limit,
+            reverse=reverse,
+        )
+        # Sized before it is built, as get_many: a page asked for its length only is not packed.
+        length = packed_scan_size(page.items, page.cursor)
+        self._check_reply(length)
+        if length > capacity:
+            return length
+        reply = msgpack.packb({"items": page.items, "cursor": page.cursor}, use_bin_type=True)
+        return self._reply(reply, out_pointer, capacity)
 
     def _get_many(self, s: Slots) -> int:
         bucket = self._bucket(s[0])

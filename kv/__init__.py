@@ -21,7 +21,7 @@ from ._errors import (
     RateLimited,
     ValueTooLarge,
 )
-from ._protocol import AsyncStore, Store
+from ._protocol import AsyncStore, ScanItem, Store
 from ._read_cache import DEFAULT_READ_CACHE_MS, ReadCache
 from ._rules import (
     DEFAULT_LIST_LIMIT,
@@ -31,9 +31,12 @@ from ._rules import (
     DEFAULT_MAX_VALUE_BYTES,
     MAX_NAME_CHARS,
     MAX_TTL_MS,
+    SCAN_PAGE_MAX_BYTES,
     KeyPage,
+    KeyRange,
     Namespace,
     Quota,
+    ScanPage,
     Usage,
     check_name,
 )
@@ -55,6 +58,7 @@ __all__ = [
     "DUMP_VERSION",
     "MAX_NAME_CHARS",
     "MAX_TTL_MS",
+    "SCAN_PAGE_MAX_BYTES",
     "AccessDenied",
     "AsyncStore",
     "Backend",
@@ -65,6 +69,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidKey",
     "KeyPage",
+    "KeyRange",
     "KvError",
     "KvStore",
     "Namespace",
@@ -75,6 +80,8 @@ __all__ = [
     "RateLimited",
     "ReadCache",
     "RedisStore",
+    "ScanItem",
+    "ScanPage",
     "Store",
     "SyncBridge",
     "Tenant",

@@ -16,8 +16,8 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, Final, TypeVar
 
 from ._errors import BackendUnavailable, InvalidArgument
-from ._protocol import AsyncStore
-from ._rules import Namespace, Quota, Usage
+from ._protocol import AsyncStore, ScanItem
+from ._rules import KeyRange, Namespace, Quota, Usage
 
 __all__ = [
     "DEFAULT_BRIDGE_TIMEOUT_S",
@@ -161,13 +161,25 @@ class SyncBridge:
         """
         return self._call(self.async_store.compare_and_swap(ns, key, expected, new, quota))
 
-    def list_keys(self, ns: Namespace, prefix: bytes, after: bytes | None, limit: int) -> tuple[list[bytes], bool]:
-        """Up to `limit` live keys with `prefix` after `after`, in byte order, and whether more follow.
+    def list_keys(
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int
+    ) -> tuple[list[bytes], bool]:
+        """Up to `limit` live keys of `key_range` past `after`, in its order, and whether more follow.
 
         Raises:
             BackendUnavailable: as `get`.
         """
-        return self._call(self.async_store.list_keys(ns, prefix, after, limit))
+        return self._call(self.async_store.list_keys(ns, key_range, after, limit))
+
+    def scan(
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int, max_bytes: int
+    ) -> tuple[list[ScanItem], bool]:
+        """As `list_keys`, with each key's value and TTL left, from one consistent snapshot.
+
+        Raises:
+            BackendUnavailable: as `get`.
+        """
+        return self._call(self.async_store.scan(ns, key_range, after, limit, max_bytes))
 
     def usage(self, tenant: str) -> Usage:
         """The tenant's live keys and bytes, expired keys excluded.

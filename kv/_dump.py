@@ -26,7 +26,7 @@ import msgpack
 
 from ..abi import BATCH_MAX_ITEMS, LIST_MAX_LIMIT
 from ._errors import InvalidArgument, InvalidKey, KvError, QuotaExceeded, ValueTooLarge
-from ._rules import Namespace, Quota, Usage, check_name, check_ttl_ms, check_value, encode_key, quota_exceeded
+from ._rules import KeyRange, Namespace, Quota, Usage, check_name, check_ttl_ms, check_value, encode_key, quota_exceeded
 from ._store import KvStore
 
 __all__ = [
@@ -82,9 +82,9 @@ def export_tenant(
     """Write the live keys of `tenant` (every bucket, or only `buckets`) to `out` as a dump; the number of keys.
 
     Streams a page of keys at a time, so memory stays bounded for any tenant.
-    Each record carries the key's TTL left when it was read. The export is not
-    a snapshot: a key written meanwhile may appear with its old or new value,
-    and a key that expires or is deleted before its value is read is left out.
+    Each record carries the key's TTL left when it was read. Each page is read
+    from one snapshot, but the export as a whole is not: a key written while it
+    runs may appear with its old or new value, or not at all if deleted.
     It reads through the engine, so it spends none of the tenant's `ops_per_second`.
     `progress`, if given, is told the number of keys written after each batch.
 
@@ -95,34 +95,24 @@ def export_tenant(
     check_name("tenant", tenant)
     names = _buckets_to_export(store, tenant, buckets)
     engine = store.engine
-    chunk = _read_chunk(store.tenant(tenant).quota)
     packer = msgpack.Packer()
     out.write(packer.pack({"format": DUMP_FORMAT, "version": DUMP_VERSION, "tenant": tenant}))
     count = 0
+    everything = KeyRange()
     for name in names:
         ns = Namespace(tenant, name)
         after: bytes | None = None
         more = True
         while more:
-            keys, more = engine.list_keys(ns, b"", after, LIST_MAX_LIMIT)
-            if not keys:
+            # One consistent page of keys, values and TTLs at a time, its bytes bounded.
+            items, more = engine.scan(ns, everything, after, LIST_MAX_LIMIT, _BATCH_BYTES)
+            if not items:
                 break
-            after = keys[-1]
-            for start in range(0, len(keys), chunk):
-                part = keys[start : start + chunk]
-                # TTLs first: a key that expires after its TTL is read has no value below and is
-                # skipped, rather than being exported as a key without a TTL.
-                ttls = [engine.ttl(ns, key) for key in part]
-                values = engine.get_many(ns, part)
-                records = [
-                    packer.pack([name, key.decode(), value, ttl])
-                    for key, value, ttl in zip(part, values, ttls, strict=True)
-                    if value is not None
-                ]
-                out.write(b"".join(records))
-                count += len(records)
-                if progress is not None:
-                    progress("exported", count)
+            after = items[-1][0]
+            out.write(b"".join(packer.pack([name, key.decode(), value, ttl]) for key, value, ttl in items))
+            count += len(items)
+            if progress is not None:
+                progress("exported", count)
     out.write(packer.pack({"end": count}))
     return count
 

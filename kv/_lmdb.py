@@ -38,17 +38,22 @@ from ._lmdb_layout import (
     SHORT_ROOM,
     Writer,
     expiry_of,
+    fast_keys,
+    fast_scan,
     is_live,
     live_value,
     lookup,
     read_usage,
     replace,
     scan,
+    scan_back,
     stored_len,
     unbox_v2,
 )
+from ._protocol import ScanItem
 from ._rules import (
     Clock,
+    KeyRange,
     Namespace,
     Quota,
     Usage,
@@ -56,7 +61,6 @@ from ._rules import (
     deadline_ms,
     now_ms,
     parse_counter,
-    prefix_end,
 )
 
 __all__ = [
@@ -141,6 +145,41 @@ def _unbox_long_keys(txn: lmdb.Transaction, data: lmdb._Database) -> None:
         txn.delete(old_key, db=data)
     for prefix, key, record in moves:
         replace(txn, data, prefix, key, record)
+
+
+def _walk(
+    cursor: lmdb.Cursor, prefix: bytes, key_range: KeyRange, after: bytes | None
+) -> Iterator[tuple[bytes, bytes | memoryview]]:
+    """The (key, record) pairs of `key_range` past `after`, in the range's order, live or not."""
+    low, high = key_range.low, key_range.high
+    if key_range.empty():
+        return
+    if not key_range.reverse:
+        pairs = scan(cursor, prefix, low if after is None else after)
+        # First skip what lies before the range or up to `after` (a long-key group can put a few
+        # there); from then on only the upper bound is checked.
+        for key, record in pairs:
+            if key < low or (after is not None and key <= after):
+                continue
+            if high is not None and key >= high:
+                return
+            yield key, record
+            break
+        if high is None:
+            yield from pairs
+            return
+        for key, record in pairs:
+            if key >= high:
+                return
+            yield key, record
+        return
+    top = high if after is None or (high is not None and high < after) else after
+    for key, record in scan_back(cursor, prefix, top):
+        if (top is not None and key >= top) or (after is not None and key >= after):
+            continue
+        if key < low:
+            return
+        yield key, record
 
 
 class LmdbStore:
@@ -270,23 +309,51 @@ class LmdbStore:
             left = expires - now_ms(self._clock)
             return left if left > 0 else None
 
-    def list_keys(self, ns: Namespace, prefix: bytes, after: bytes | None, limit: int) -> tuple[list[bytes], bool]:
-        """Up to `limit` live keys with `prefix` after `after`, in byte order, and whether more follow."""
-        high = prefix_end(prefix)
+    def list_keys(
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int
+    ) -> tuple[list[bytes], bool]:
+        """Up to `limit` live keys of `key_range` past `after`, in its order, and whether more follow."""
         keys: list[bytes] = []
         with self._read() as txn:
             now = now_ms(self._clock)
-            for key, record in scan(txn.cursor(), ns.prefix, prefix if after is None else after):
-                if (after is not None and key <= after) or key < prefix:
-                    continue
-                if high is not None and key >= high:
-                    break
-                if not is_live(record, now):
-                    continue
-                if len(keys) == limit:
-                    return keys, True
-                keys.append(key)
+            fast = fast_keys(txn.cursor(), ns.prefix, key_range, after, limit, now)
+            if fast is not None:
+                return fast
+            for key, record in _walk(txn.cursor(), ns.prefix, key_range, after):
+                if is_live(record, now):
+                    if len(keys) == limit:
+                        return keys, True
+                    keys.append(key)
         return keys, False
+
+    def scan(
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int, max_bytes: int
+    ) -> tuple[list[ScanItem], bool]:
+        """As `list_keys`, with each key's value and TTL left, read from one read transaction."""
+        items: list[ScanItem] = []
+        size = 0
+        with self._read(buffers=False) as txn:
+            now = now_ms(self._clock)
+            fast = fast_scan(txn.cursor(), ns.prefix, key_range, after, limit, max_bytes, now)
+            if fast is not None:
+                return fast
+            # The record layout (layout.value_of, expiry_of) inlined: this loop is the scan's cost.
+            for key, record in _walk(txn.cursor(), ns.prefix, key_range, after):
+                if record[0] == NO_TTL:
+                    value = bytes(record[1:])
+                    left = None
+                else:
+                    left = int.from_bytes(record[1:9], "big") - now
+                    if left <= 0:
+                        continue
+                    value = bytes(record[9:])
+                if len(items) == limit:
+                    return items, True
+                size += len(key) + len(value)
+                if items and size > max_bytes:
+                    return items, True
+                items.append((key, value, left))
+        return items, False
 
     def tenants(self) -> list[str]:
         """Every tenant with a stored quota or data in this store, in byte order."""
@@ -462,9 +529,10 @@ class LmdbStore:
         return BackendUnavailable(f"the store at {self.path} failed: {exc}")
 
     @contextmanager
-    def _read(self) -> Iterator[lmdb.Transaction]:
+    def _read(self, *, buffers: bool = True) -> Iterator[lmdb.Transaction]:
+        # buffers=True: records come as views into the map, copied only where kept.
         try:
-            txn = self._env.begin(self._data, None, False, True)
+            txn = self._env.begin(self._data, None, False, True) if buffers else self._env.begin(self._data)
         except lmdb.Error as exc:
             raise self._unavailable(exc) from exc
         try:

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import Final
+from typing import Final, cast
 
 import lmdb
 import msgpack
 
-from ._rules import Namespace
+from ._rules import KeyRange, Namespace
 
 __all__ = [
     "MAX_LMDB_KEY",
@@ -39,6 +39,8 @@ __all__ = [
     "Writer",
     "encode_record",
     "expiry_of",
+    "fast_keys",
+    "fast_scan",
     "is_live",
     "live_value",
     "lmdb_key",
@@ -46,6 +48,7 @@ __all__ = [
     "read_usage",
     "replace",
     "scan",
+    "scan_back",
     "stored_len",
     "unbox_v2",
     "value_of",
@@ -54,6 +57,7 @@ __all__ = [
 NO_TTL: Final = 0
 #: The flag of a format-2 box (see `unbox_v2`), read only to upgrade such a store.
 BOX_V2: Final = 2
+_TTL: Final = 1
 _LONG: Final = 3
 _LONG_MARK: Final = b"\xff"
 _HASH_BYTES: Final = 16
@@ -151,30 +155,177 @@ def scan(cursor: lmdb.Cursor, prefix: bytes, start: bytes) -> Iterator[tuple[byt
     head = SHORT_ROOM - len(prefix)
     if not cursor.set_range(prefix + start[:head]):
         return
+    yield from _in_order(cursor.iternext(), prefix, head, reverse=False)
+
+
+def scan_back(cursor: lmdb.Cursor, prefix: bytes, high: bytes | None) -> Iterator[tuple[bytes, bytes | memoryview]]:
+    """Every (key, record) of namespace `prefix` from about `high` down, in descending key byte order.
+
+    Keys at or above `high` may come first (the caller skips them); long keys
+    sharing a head are read as a group and yielded sorted by their tails, descending.
+    """
+    head = SHORT_ROOM - len(prefix)
+    if high is None:
+        # The first LMDB key past the namespace: its keys never hold NUL, so none reaches prefix[:-1] + 1.
+        found = cursor.set_range(prefix[:-1] + b"\x01")
+    else:
+        # Past `high`'s whole head block (a long-key group's order within it is by hash, not by key).
+        block = prefix + high[:head]
+        found = cursor.set_range(block)
+        while found and bytes(cursor.key()).startswith(block):
+            found = cursor.next()
+    if not (cursor.prev() if found else cursor.last()):
+        return
+    yield from _in_order(cursor.iterprev(), prefix, head, reverse=True)
+
+
+_StoredPairs = Iterator[tuple[bytes | memoryview, bytes | memoryview]]
+_NOTHING: Final[tuple[_StoredPairs, bytes, bytes]] = (iter(()), b"", b"")
+
+
+def _fast_walk(
+    cursor: lmdb.Cursor, prefix: bytes, key_range: KeyRange, after: bytes | None
+) -> tuple[_StoredPairs, bytes, bytes] | None:
+    """LMDB's own iterator over the stored pairs a page reads, in the range's order, and the
+    stored keys every pair of the range lies in: `floor` (inclusive) to `stop` (exclusive).
+
+    None when long keys are in the way (a bound past `SHORT_ROOM`): their stored keys
+    do not sort as their keys, so the caller takes the general path.
+    """
+    low, high = key_range.low, key_range.high
+    floor = prefix + low
+    # Every stored key of the namespace is below prefix[:-1] + 1 (keys hold no NUL).
+    stop = prefix[:-1] + b"\x01" if high is None else prefix + high
+    if (
+        len(floor) > SHORT_ROOM
+        or len(stop) > SHORT_ROOM
+        or (after is not None and len(prefix) + len(after) > SHORT_ROOM)
+    ):
+        return None
+    if not key_range.reverse:
+        start = floor if after is None or after < low else prefix + after
+        if stop <= start or not cursor.set_range(start):
+            return _NOTHING
+        if after is not None and cursor.key() == start and not cursor.next():  # skip `after` itself
+            return _NOTHING
+        return cursor.iternext(), floor, stop
+    if after is not None and prefix + after < stop:
+        stop = prefix + after  # exclusive: the page resumes below `after`
+    if stop <= floor:
+        return _NOTHING
+    if not (cursor.prev() if cursor.set_range(stop) else cursor.last()):
+        return _NOTHING
+    return cursor.iterprev(), floor, stop
+
+
+def fast_keys(
+    cursor: lmdb.Cursor, prefix: bytes, key_range: KeyRange, after: bytes | None, limit: int, now: int
+) -> tuple[list[bytes], bool] | None:
+    """A page of live keys of namespace `prefix`, and whether more follow.
+
+    The fast path of listings: one loop over LMDB's own iterator (records are
+    not copied), no generators. None, having read nothing it keeps, when long
+    keys are in the way: the caller then takes the general path, in the same
+    transaction.
+    """
+    walk = _fast_walk(cursor, prefix, key_range, after)
+    if walk is None:
+        return None
+    pairs, floor, stop = walk
     base = len(prefix)
-    more = True
-    while more:
-        full = bytes(cursor.key())
+    keys: list[bytes] = []
+    for stored_key, stored in pairs:
+        full = bytes(stored_key)
+        if not floor <= full < stop:
+            return keys, False
+        flag = stored[0]
+        if flag != NO_TTL:
+            if flag != _TTL:
+                return None  # a long key: the general path
+            if int.from_bytes(stored[1:9], "big") <= now:
+                continue
+        if len(keys) == limit:
+            return keys, True
+        keys.append(full[base:])
+    return keys, False
+
+
+def fast_scan(
+    cursor: lmdb.Cursor, prefix: bytes, key_range: KeyRange, after: bytes | None, limit: int, max_bytes: int, now: int
+) -> tuple[list[tuple[bytes, bytes, int | None]], bool] | None:
+    """A page of live (key, value, ms left) of namespace `prefix`, and whether more follow.
+
+    The fast path of scans, as `fast_keys`; `cursor` belongs to a transaction
+    opened without buffers, so LMDB hands over each record as bytes (one copy,
+    made in C) and the slices below are all the rest.
+    """
+    walk = _fast_walk(cursor, prefix, key_range, after)
+    if walk is None:
+        return None
+    # A transaction without buffers hands over bytes, never views.
+    pairs = cast(Iterator[tuple[bytes, bytes]], walk[0])
+    floor, stop = walk[1], walk[2]
+    base = len(prefix)
+    items: list[tuple[bytes, bytes, int | None]] = []
+    size = 0
+    for full, stored in pairs:
+        if not floor <= full < stop:
+            return items, False
+        if stored[0]:
+            if stored[0] != _TTL:
+                return None  # a long key: the general path
+            expires = int.from_bytes(stored[1:9], "big")
+            if expires <= now:
+                continue
+            left: int | None = expires - now
+            value = stored[9:]
+        else:
+            left = None
+            value = stored[1:]
+        if len(items) == limit:
+            return items, True
+        size += len(full) - base + len(value)
+        if size > max_bytes and items:
+            return items, True
+        items.append((full[base:], value, left))
+    return items, False
+
+
+def _member_key(member: tuple[bytes, bytes | memoryview]) -> bytes:
+    return member[0]
+
+
+def _in_order(
+    stored_pairs: Iterator[tuple[bytes | memoryview, bytes | memoryview]], prefix: bytes, head: int, *, reverse: bool
+) -> Iterator[tuple[bytes, bytes | memoryview]]:
+    """The (key, record) pairs of namespace `prefix` among LMDB's (stored key, stored record) pairs.
+
+    LMDB's own iterators walk the cursor in C (a call per step from Python costs
+    several times more). A long-key group is collected whole and sorted by key.
+    """
+    base = len(prefix)
+    group: bytes | None = None
+    members: list[tuple[bytes, bytes | memoryview]] = []
+    for stored_key, stored in stored_pairs:
+        full = bytes(stored_key)
+        if group is not None:
+            if full.startswith(group):
+                tail, record = _split_long(stored)
+                members.append((full[base : base + head] + tail, record))
+                continue
+            members.sort(key=_member_key, reverse=reverse)
+            yield from members
+            group = None
         if not full.startswith(prefix):
             return
-        stored = cursor.value()
         if stored[0] != _LONG:
             yield full[base:], stored
-            more = cursor.next()
             continue
         group = full[: base + head + len(_LONG_MARK)]
-        members: list[tuple[bytes, bytes | memoryview]] = []
-        while True:
-            tail, record = _split_long(stored)
-            members.append((full[base : base + head] + tail, record))
-            more = cursor.next()
-            if not more:
-                break
-            full = bytes(cursor.key())
-            if not full.startswith(group):
-                break
-            stored = cursor.value()
-        members.sort(key=lambda member: member[0])
+        tail, record = _split_long(stored)
+        members = [(full[base : base + head] + tail, record)]
+    if group is not None:
+        members.sort(key=_member_key, reverse=reverse)
         yield from members
 
 

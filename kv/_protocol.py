@@ -16,7 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from ._rules import Namespace, Quota, Usage
+from ._rules import KeyRange, Namespace, Quota, Usage
+
+ScanItem = tuple[bytes, bytes, int | None]
+"""One item of an engine's scan: the key, its value, and the milliseconds it has left (None: no TTL)."""
 
 
 @runtime_checkable
@@ -53,8 +56,22 @@ class Store(Protocol):
     def compare_and_swap(self, ns: Namespace, key: bytes, expected: bytes | None, new: bytes, quota: Quota) -> bool:
         """Set `new` (clearing the TTL) if the live value equals `expected` (None = absent)."""
 
-    def list_keys(self, ns: Namespace, prefix: bytes, after: bytes | None, limit: int) -> tuple[list[bytes], bool]:
-        """Up to `limit` live keys with `prefix` after `after`, in byte order, and whether more follow."""
+    def list_keys(
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int
+    ) -> tuple[list[bytes], bool]:
+        """Up to `limit` live keys of `key_range` past `after`, in its order, and whether more follow.
+
+        Past `after` means after it in byte order, or before it when the range is reversed.
+        """
+
+    def scan(
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int, max_bytes: int
+    ) -> tuple[list[ScanItem], bool]:
+        """As `list_keys`, with each key's value and TTL left, read from one consistent snapshot.
+
+        A page holds at most `limit` items and at most `max_bytes` of keys and
+        values, except that a first item larger than that comes alone.
+        """
 
     def usage(self, tenant: str) -> Usage:
         """The tenant's live keys and bytes, expired keys excluded."""
@@ -118,9 +135,14 @@ class AsyncStore(Protocol):
         """As `Store.compare_and_swap`."""
 
     async def list_keys(
-        self, ns: Namespace, prefix: bytes, after: bytes | None, limit: int
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int
     ) -> tuple[list[bytes], bool]:
         """As `Store.list_keys`."""
+
+    async def scan(
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int, max_bytes: int
+    ) -> tuple[list[ScanItem], bool]:
+        """As `Store.scan`."""
 
     async def usage(self, tenant: str) -> Usage:
         """As `Store.usage`."""

@@ -15,8 +15,8 @@ from typing import Final
 import cachetools
 
 from ._errors import InvalidArgument
-from ._protocol import AsyncStore
-from ._rules import DEFAULT_READ_CACHE_MS, Namespace, Quota, Usage
+from ._protocol import AsyncStore, ScanItem
+from ._rules import DEFAULT_READ_CACHE_MS, KeyRange, Namespace, Quota, Usage
 
 __all__ = ["DEFAULT_READ_CACHE_MS", "ReadCache"]
 
@@ -128,10 +128,16 @@ class ReadCache:
         return await self.engine.ttl(ns, key)
 
     async def list_keys(
-        self, ns: Namespace, prefix: bytes, after: bytes | None, limit: int
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int
     ) -> tuple[list[bytes], bool]:
         """As `Store.list_keys`, uncached."""
-        return await self.engine.list_keys(ns, prefix, after, limit)
+        return await self.engine.list_keys(ns, key_range, after, limit)
+
+    async def scan(
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int, max_bytes: int
+    ) -> tuple[list[ScanItem], bool]:
+        """As `Store.scan`, uncached (a scan reads one snapshot of the engine)."""
+        return await self.engine.scan(ns, key_range, after, limit, max_bytes)
 
     async def usage(self, tenant: str) -> Usage:
         """As `Store.usage`, uncached."""

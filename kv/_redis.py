@@ -58,18 +58,19 @@ from redis.commands.core import AsyncScript
 
 from . import _redis_scripts as lua
 from ._errors import BackendUnavailable, InvalidArgument, NotANumber, ValueTooLarge
+from ._protocol import ScanItem
 from ._redis_client import DRIVER_ERRORS, Client, check_timeout, connect, translate
 from ._rules import (
     DEFAULT_KEY_PREFIX,
     DEFAULT_REDIS_MAX_CONNECTIONS,
     DEFAULT_REDIS_TIMEOUT_S,
+    KeyRange,
     Namespace,
     Quota,
     Usage,
     add_counter,
     check_name,
     parse_counter,
-    prefix_end,
     quota_exceeded,
 )
 
@@ -268,25 +269,50 @@ class RedisStore:
         # The native expiry is the last live millisecond, so the time left is one more than PTTL says.
         return None if left < 0 else left + 1
 
-    async def list_keys(
-        self, ns: Namespace, prefix: bytes, after: bytes | None, limit: int
+    async def _range(
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int, max_bytes: int | None
     ) -> tuple[list[bytes], bool]:
-        """Up to `limit` live keys with `prefix` after `after`, in byte order, and whether more follow.
+        """One script over the bucket's sorted index: O(log n + page + expired keys skipped)."""
+        if key_range.empty():
+            return [], False
+        base = self._base(ns.tenant)
+        bucket = ns.bucket.encode()
+        low, high = b"[" + key_range.low, b"+" if key_range.high is None else b"(" + key_range.high
+        if after is not None:
+            if key_range.reverse:
+                high = b"(" + after if key_range.high is None or after < key_range.high else high
+            else:
+                low = b"(" + after if after >= key_range.low else low
+        args: list[Any] = [base + b"d:" + bucket + b":", low, high, limit, int(key_range.reverse)]
+        args.append(int(max_bytes is not None))
+        out, more = await self._guard(self._scripts.range(keys=[base + b"i:" + bucket], args=[*args, max_bytes or 0]))
+        return list(out), bool(more)
 
-        One script: ZRANGEBYLEX on the bucket's index, O(log n + page + expired keys skipped).
+    async def list_keys(
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int
+    ) -> tuple[list[bytes], bool]:
+        """Up to `limit` live keys of `key_range` past `after`, in its order, and whether more follow.
 
         Raises:
             BackendUnavailable: as `get`.
         """
-        base = self._base(ns.tenant)
-        bucket = ns.bucket.encode()
-        low = b"(" + after if after is not None else b"[" + prefix if prefix else b"-"
-        high_key = prefix_end(prefix)
-        high = b"+" if high_key is None else b"(" + high_key
-        keys, more = await self._guard(
-            self._scripts.list(keys=[base + b"i:" + bucket], args=[base + b"d:" + bucket + b":", low, high, limit])
-        )
-        return list(keys), bool(more)
+        return await self._range(ns, key_range, after, limit, None)
+
+    async def scan(
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int, max_bytes: int
+    ) -> tuple[list[ScanItem], bool]:
+        """As `list_keys`, with each key's value and TTL left, from one script (one snapshot).
+
+        Raises:
+            BackendUnavailable: as `get`.
+        """
+        flat, more = await self._range(ns, key_range, after, limit, max_bytes)
+        # A native expiry is the key's last live millisecond: the time left is one more than PTTL says.
+        items: list[ScanItem] = [
+            (bytes(flat[i]), bytes(flat[i + 1]), None if int(flat[i + 2]) < 0 else int(flat[i + 2]) + 1)
+            for i in range(0, len(flat), 3)
+        ]
+        return items, more
 
     async def usage(self, tenant: str) -> Usage:
         """The tenant's live keys and bytes; sweeps its expired keys first so they never count.

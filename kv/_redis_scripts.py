@@ -277,22 +277,42 @@ local removed = sweep(tonumber(ARGV[2]))
 return {0, removed, redis.call('ZCARD', expiry_key)}
 """
 
-# A read: no preamble. KEYS[1]: the bucket's index; ARGV: data key prefix "P:{T}:d:B:", low, high, limit.
-# Stored keys are in the index until swept, so expired ones are skipped by asking Redis whether the value lives.
-_LIST = r"""
+# A read: no preamble, and one snapshot (a script runs alone). KEYS[1]: the bucket's index; ARGV: data
+# key prefix "P:{T}:d:B:", low and high lex bounds, limit, reverse ('1'/'0'), values ('1': scan, '0': list),
+# max_bytes (scans). Stored keys are in the index until swept, so expired ones are skipped by asking Redis
+# whether the value lives. Returns {keys, more} for a listing, {{key, value, pttl, ...}, more} for a scan.
+_RANGE = r"""
 local data, low, high, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local reverse, values, max_bytes = ARGV[5] == '1', ARGV[6] == '1', tonumber(ARGV[7])
 local batch = limit + 1
-local out = {}
+local out, count, size = {}, 0, 0
 while true do
-  local keys = redis.call('ZRANGEBYLEX', KEYS[1], low, high, 'LIMIT', 0, batch)
+  local keys
+  if reverse then
+    keys = redis.call('ZREVRANGEBYLEX', KEYS[1], high, low, 'LIMIT', 0, batch)
+  else
+    keys = redis.call('ZRANGEBYLEX', KEYS[1], low, high, 'LIMIT', 0, batch)
+  end
   for _, key in ipairs(keys) do
-    if redis.call('EXISTS', data .. key) == 1 then
-      if #out == limit then return {out, 1} end
+    if values then
+      local value = redis.call('GET', data .. key)
+      if value then
+        if count == limit then return {out, 1} end
+        size = size + #key + #value
+        if count > 0 and size > max_bytes then return {out, 1} end
+        count = count + 1
+        out[#out + 1] = key
+        out[#out + 1] = value
+        out[#out + 1] = redis.call('PTTL', data .. key)
+      end
+    elseif redis.call('EXISTS', data .. key) == 1 then
+      if count == limit then return {out, 1} end
+      count = count + 1
       out[#out + 1] = key
     end
   end
   if #keys < batch then return {out, 0} end
-  low = '(' .. keys[#keys]
+  if reverse then high = '(' .. keys[#keys] else low = '(' .. keys[#keys] end
 end
 """
 
@@ -308,7 +328,7 @@ class Scripts:
     compare_and_swap: AsyncScript
     usage: AsyncScript
     sweep: AsyncScript
-    list: AsyncScript
+    range: AsyncScript
 
 
 def register(client: Any, op_record_ttl_ms: int) -> Scripts:
@@ -323,5 +343,5 @@ def register(client: Any, op_record_ttl_ms: int) -> Scripts:
         compare_and_swap=script(preamble + _COMPARE_AND_SWAP),
         usage=script(preamble + _USAGE),
         sweep=script(preamble + _SWEEP),
-        list=script(_LIST),
+        range=script(_RANGE),
     )

@@ -58,7 +58,11 @@ Clock = Callable[[], float]
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _BAD_KEY_BYTE = re.compile(rb"[\x00-\x1f\x7f]")
 _COUNTER = re.compile(rb"-?[0-9]{1,19}\Z")
-_CURSOR_VERSION = 1
+#: Cursors of version 1 named only the prefix; version 2 names the whole listing (see `KeyRange`).
+_CURSOR_V1: Final = 1
+_CURSOR_VERSION: Final = 2
+#: The most key and value bytes one scan page carries (a first pair larger than this comes alone).
+SCAN_PAGE_MAX_BYTES: Final = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -166,6 +170,51 @@ class KeyPage:
     cursor: str | None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScanPage:
+    """One page of `scan`: (key, value) pairs in key order, and the cursor for the next page (None at the end)."""
+
+    items: list[tuple[str, bytes]]
+    cursor: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyRange:
+    """Which keys a listing covers, as UTF-8 bytes: those starting with `prefix`, from `start` (inclusive)
+    up to `end` (exclusive), in byte order, or in reverse.
+
+    Engines read it through `low` and `high`, the bounds the prefix and the range leave.
+    """
+
+    prefix: bytes = b""
+    start: bytes | None = None
+    end: bytes | None = None
+    reverse: bool = False
+    #: The smallest key the range can hold (inclusive).
+    low: bytes = dataclasses.field(init=False, repr=False, compare=False)
+    #: The bound every key of the range is below (exclusive); None if there is none.
+    high: bytes | None = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Computed once: listings read them on every page.
+        low = self.prefix if self.start is None or self.start < self.prefix else self.start
+        high = prefix_end(self.prefix)
+        if self.end is not None and (high is None or self.end < high):
+            high = self.end
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+
+    def empty(self) -> bool:
+        """Whether no key can be in the range."""
+        high = self.high
+        return high is not None and high <= self.low
+
+    def holds(self, key: bytes) -> bool:
+        """Whether `key` is in the range."""
+        high = self.high
+        return key >= self.low and (high is None or key < high)
+
+
 def check_name(kind: str, name: object) -> str:
     """Return `name` if it is a valid tenant or bucket name.
 
@@ -190,6 +239,8 @@ def encode_key(key: object, max_key_bytes: int, *, what: str = "key", allow_empt
         return key.encode("ascii")
     if type(key) is bytes and key.isascii() and 0 < len(key) <= max_key_bytes and key.decode("ascii").isprintable():
         return key
+    if allow_empty and key in ("", b""):  # the whole-bucket prefix of listings
+        return b""
     if type(key) is str:
         try:
             raw = key.encode()
@@ -331,41 +382,55 @@ def prefix_end(prefix: bytes) -> bytes | None:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
-def encode_cursor(prefix: bytes, last_key: bytes) -> str:
-    """Make the opaque cursor that resumes a listing of `prefix` after `last_key`."""
-    packed = msgpack.packb([_CURSOR_VERSION, prefix, last_key])
+def encode_cursor(key_range: KeyRange, last_key: bytes) -> str:
+    """Make the opaque cursor that resumes a listing of `key_range` after (or, reversed, before) `last_key`."""
+    packed = msgpack.packb(
+        [_CURSOR_VERSION, key_range.prefix, key_range.start, key_range.end, key_range.reverse, last_key]
+    )
     return base64.urlsafe_b64encode(packed).rstrip(b"=").decode("ascii")
 
 
-def decode_cursor(cursor: object, prefix: bytes, max_key_bytes: int) -> bytes:
-    """Return the key a cursor resumes after, checking it belongs to this `prefix`.
+def decode_cursor(cursor: object, key_range: KeyRange, max_key_bytes: int) -> bytes:
+    """Return the key a cursor resumes from, checking it was issued for this very listing.
 
     A cursor is input from outside (a plugin, a client): it is bounded in length
-    and decoded without ever building more than its three fields.
+    and decoded without ever building more than its fields. A cursor of the
+    first version (prefix only) still continues a plain forward listing of its prefix.
 
     Raises:
-        InvalidArgument: if the cursor is not one `list_keys` returned for this prefix.
+        InvalidArgument: if the cursor is not one a listing of `key_range` returned.
     """
     if type(cursor) is not str:
-        raise InvalidArgument(f"cursor must be a str returned by list_keys, got {type(cursor).__name__}")
-    # Base64 of [version, prefix, key] with some room: anything longer was never issued.
-    if len(cursor) > (len(prefix) + max_key_bytes + 32) * 4 // 3 + 8:
-        raise InvalidArgument(f"cursor is not one returned by list_keys: {len(cursor)} characters is too long")
+        raise InvalidArgument(f"cursor must be a str returned by a listing, got {type(cursor).__name__}")
+    # Base64 of the listing's bounds and a key, with some room: anything longer was never issued.
+    bounds = len(key_range.prefix) + len(key_range.start or b"") + len(key_range.end or b"")
+    if len(cursor) > (bounds + max_key_bytes + 32) * 4 // 3 + 8:
+        raise InvalidArgument(f"cursor is not one a listing returned: {len(cursor)} characters is too long")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         unpacker = msgpack.Unpacker(max_buffer_size=max(len(raw), 1), max_array_len=0, max_map_len=0, max_ext_len=0)
         unpacker.feed(raw)
-        if unpacker.read_array_header() != 3:
-            raise ValueError("not three fields")
-        version, cursor_prefix, last_key = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
+        count = unpacker.read_array_header()
+        if count not in (3, 6):
+            raise ValueError("not a cursor's fields")
+        fields = [unpacker.unpack() for _ in range(count)]
         if unpacker.tell() != len(raw):
             raise ValueError("bytes after the fields")
     except (binascii.Error, ValueError, TypeError, msgpack.UnpackException):
-        raise InvalidArgument(f"cursor is not one returned by list_keys: {cursor[:64]!r}") from None
-    if version != _CURSOR_VERSION or type(cursor_prefix) is not bytes or type(last_key) is not bytes:
-        raise InvalidArgument(f"cursor is not one returned by list_keys: {cursor[:64]!r}")
-    if cursor_prefix != prefix or not last_key.startswith(prefix):
-        raise InvalidArgument("cursor was returned for a different prefix")
+        raise InvalidArgument(f"cursor is not one a listing returned: {cursor[:64]!r}") from None
+    if count == 3 and fields[0] == _CURSOR_V1:
+        issued = KeyRange(fields[1]) if type(fields[1]) is bytes else None
+    elif count == 6 and fields[0] == _CURSOR_VERSION and type(fields[4]) is bool:
+        issued = KeyRange(fields[1], fields[2], fields[3], fields[4])
+    else:
+        issued = None
+    last_key = fields[-1]
+    if issued is None or type(last_key) is not bytes:
+        raise InvalidArgument(f"cursor is not one a listing returned: {cursor[:64]!r}")
+    if issued != key_range:
+        raise InvalidArgument("cursor was returned for a different listing (prefix, start, end or reverse)")
+    if not key_range.holds(last_key):
+        raise InvalidArgument(f"cursor is not one a listing returned: {cursor[:64]!r}")
     return last_key
 
 
@@ -383,6 +448,16 @@ class RateLimiter:
         self._clock = clock
         self._stamp = clock()
         self._lock = threading.Lock()
+
+    def charge(self, count: int) -> None:
+        """Spend `count` more tokens for work already done (a scan page's pairs past its first).
+
+        As with batches, the operation costs at most one second's budget, the
+        token it acquired included: the balance may go below zero by less than
+        that, and later operations then wait until it has refilled.
+        """
+        with self._lock:
+            self._tokens -= min(float(count), max(self._rate, 1.0) - 1.0)
 
     def acquire(self, count: int = 1) -> None:
         """Take `count` tokens, or the whole burst if `count` is larger.

@@ -11,7 +11,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
 from ._backends import BACKENDS, backend_for, check_options
@@ -20,11 +20,14 @@ from ._protocol import Store
 from ._rules import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_SWEEP_INTERVAL_S,
+    SCAN_PAGE_MAX_BYTES,
     Clock,
     KeyPage,
+    KeyRange,
     Namespace,
     Quota,
     RateLimiter,
+    ScanPage,
     Usage,
     check_batch_size,
     check_delta,
@@ -491,27 +494,110 @@ class Bucket:
         raw = self._key(key)
         return self._engine.compare_and_swap(self._ns, raw, expected, new, quota)
 
-    def list_keys(self, prefix: str = "", cursor: str | None = None, limit: int = DEFAULT_LIST_LIMIT) -> KeyPage:
+    def _range(self, prefix: Key, start: Key | None, end: Key | None, reverse: bool) -> KeyRange:
+        max_key_bytes = self.tenant.quota.max_key_bytes
+        if type(reverse) is not bool:
+            raise InvalidArgument(f"reverse must be True or False, got {reverse!r}")
+        return KeyRange(
+            encode_key(prefix, max_key_bytes, what="prefix", allow_empty=True),
+            None if start is None else encode_key(start, max_key_bytes, what="start", allow_empty=True),
+            None if end is None else encode_key(end, max_key_bytes, what="end", allow_empty=True),
+            reverse,
+        )
+
+    def list_keys(
+        self,
+        prefix: Key = "",
+        cursor: str | None = None,
+        limit: int = DEFAULT_LIST_LIMIT,
+        *,
+        start: Key | None = None,
+        end: Key | None = None,
+        reverse: bool = False,
+    ) -> KeyPage:
         """One page of the keys starting with `prefix`, in the byte order of their UTF-8.
 
-        Pass the returned `cursor` back to get the next page; it is None when
-        the listing is complete. Keys not written during the listing appear
-        exactly once.
+        `start` (inclusive) and `end` (exclusive) narrow the listing further;
+        `reverse=True` lists the same keys in descending order. Pass the
+        returned `cursor` back, with the same prefix, start, end and reverse,
+        to get the next page; it is None when the listing is complete. Keys not
+        written during the listing appear exactly once.
 
         Raises:
-            InvalidKey: if the prefix is too long or has a control character.
-            InvalidArgument: if `limit` is not in 1..1000 or the cursor is not one this listing returned.
+            InvalidKey: if the prefix, start or end is too long or has a control character.
+            InvalidArgument: if `limit` is not in 1..1000, or the cursor is not one this listing returned.
             RateLimited: as named.
         """
         tenant = self.tenant
-        raw_prefix = encode_key(prefix, tenant.quota.max_key_bytes, what="prefix", allow_empty=True)
+        key_range = self._range(prefix, start, end, reverse)
         limit = check_limit(limit)
-        after = None if cursor is None else decode_cursor(cursor, raw_prefix, tenant.quota.max_key_bytes)
+        after = None if cursor is None else decode_cursor(cursor, key_range, tenant.quota.max_key_bytes)
         if tenant._limiter is not None:
             tenant._limiter.acquire()
-        keys, more = self._engine.list_keys(self._ns, raw_prefix, after, limit)
-        next_cursor = encode_cursor(raw_prefix, keys[-1]) if more and keys else None
+        keys, more = self._engine.list_keys(self._ns, key_range, after, limit)
+        next_cursor = encode_cursor(key_range, keys[-1]) if more and keys else None
         return KeyPage(keys=[key.decode() for key in keys], cursor=next_cursor)
+
+    def scan(
+        self,
+        prefix: Key = "",
+        *,
+        start: Key | None = None,
+        end: Key | None = None,
+        cursor: str | None = None,
+        limit: int = DEFAULT_LIST_LIMIT,
+        reverse: bool = False,
+    ) -> ScanPage:
+        """One page of (key, value) pairs, in key order (or reversed), read from one consistent snapshot.
+
+        The keys are those `list_keys` would list with the same arguments, each
+        with its value as of the same moment. A page holds at most `limit`
+        pairs and at most 1 MiB of keys and values (a first pair larger than
+        that comes alone). Pass the returned `cursor` back with the same
+        arguments for the next page; it is None at the end. A scan costs one
+        rate token per pair returned.
+
+        Raises:
+            InvalidKey, InvalidArgument, RateLimited: as `list_keys`.
+        """
+        tenant = self.tenant
+        key_range = self._range(prefix, start, end, reverse)
+        limit = check_limit(limit)
+        after = None if cursor is None else decode_cursor(cursor, key_range, tenant.quota.max_key_bytes)
+        limiter = tenant._limiter
+        if limiter is not None:
+            limiter.acquire()
+        found, more = self._engine.scan(self._ns, key_range, after, limit, SCAN_PAGE_MAX_BYTES)
+        if limiter is not None and len(found) > 1:
+            limiter.charge(len(found) - 1)
+        next_cursor = encode_cursor(key_range, found[-1][0]) if more and found else None
+        return ScanPage(items=[(key.decode(), value) for key, value, _ in found], cursor=next_cursor)
+
+    def items(
+        self,
+        prefix: Key = "",
+        *,
+        start: Key | None = None,
+        end: Key | None = None,
+        reverse: bool = False,
+        page_size: int = DEFAULT_LIST_LIMIT,
+    ) -> Iterator[tuple[str, bytes]]:
+        """Every (key, value) pair `scan` would page through, one page in memory at a time.
+
+        Each page is one consistent snapshot; pages are read as iteration
+        reaches them, so a pair written meanwhile may or may not be seen (those
+        left untouched are seen exactly once).
+
+        Raises:
+            InvalidKey, InvalidArgument, RateLimited: as `scan`, when a page is read.
+        """
+        cursor: str | None = None
+        while True:
+            page = self.scan(prefix, start=start, end=end, cursor=cursor, limit=page_size, reverse=reverse)
+            yield from page.items
+            if page.cursor is None:
+                return
+            cursor = page.cursor
 
     def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
         """The values at `keys`, in order (None where missing); at most 1000 keys.

@@ -38,6 +38,10 @@ export fn top() i32 {
     return entry(listTop);
 }
 
+export fn bottom() i32 {
+    return entry(listBottom);
+}
+
 export fn get() i32 {
     return entry(getScore);
 }
@@ -78,6 +82,24 @@ fn listTop(allocator: std.mem.Allocator, store: kv.Store, in: []const u8) Failur
         while (page.next()) |key| {
             // Another plugin may own keys under "rank:" too; skip what is not ours.
             const rank = parseRankKey(key) orelse continue;
+            var line: [80]u8 = undefined;
+            kv.output(kv.fmt(&line, "{s} {d}\n", .{ rank.name, rank.points }));
+            left -= 1;
+            if (left == 0) return;
+        }
+    }
+}
+
+/// Input "<n>", 1..1000: the n lowest scores, worst first, one "<name> <score>\n" line each.
+/// A reverse scan of the same rank keys `top` lists forwards.
+fn listBottom(allocator: std.mem.Allocator, store: kv.Store, in: []const u8) Failure!void {
+    var left = kv.parseDecimal(in, 1000) orelse return error.MalformedInput;
+    if (left == 0) return error.MalformedInput;
+    var scan = store.scan(allocator, .{ .prefix = "rank:", .limit = page_limit, .reverse = true });
+    defer scan.deinit();
+    while (try scan.next()) |page| {
+        while (page.next()) |pair| {
+            const rank = parseRankKey(pair.key) orelse continue;
             var line: [80]u8 = undefined;
             kv.output(kv.fmt(&line, "{s} {d}\n", .{ rank.name, rank.points }));
             left -= 1;

@@ -93,3 +93,40 @@ WASMKV_EXPORT int32_t end(void) {
     rc = wasmkv_delete_n(kv, key, key_len);
     return rc < 0 ? rc : wasmkv_output(rc ? "1" : "0", 1);
 }
+
+/* Input: empty, or a <sid> to start from. Outputs "<sid> <data length>\n" for
+ * every live session from there on, in byte order of the sid, read with scans
+ * (each page one snapshot) of 10 sessions a page. */
+WASMKV_EXPORT int32_t all(void) {
+    int32_t kv;
+    const uint8_t *in;
+    size_t len;
+    int32_t rc = begin(&kv, &in, &len);
+    if (rc < 0) return rc;
+    if (find_space(in, len) != len) return MALFORMED_INPUT;
+    wasmkv_scan sc;
+    wasmkv_scan_begin(&sc, kv, PREFIX, 10);
+    if (len) {
+        /* The SDK takes bounds as C strings: "session:<sid>" and its NUL. */
+        size_t key_len;
+        char *start = (char *)session_key(in, len, &key_len);
+        char *z = wasmkv_alloc(key_len + 1);
+        if (!z) __builtin_trap();
+        wasmkv_memcpy(z, start, key_len);
+        z[key_len] = 0;
+        sc.start = z;
+    }
+    const uint8_t *key, *value;
+    size_t key_len, value_len;
+    while ((rc = wasmkv_scan_next_page(&sc)) > 0) {
+        while (wasmkv_scan_next_item(&sc, &key, &key_len, &value, &value_len)) {
+            char digits[24];
+            wasmkv_output(key + PREFIX_LEN, key_len - PREFIX_LEN);
+            digits[0] = ' ';
+            int n = wasmkv_fmt_i64(digits + 1, (int64_t)value_len);
+            digits[n + 1] = '\n';
+            wasmkv_output(digits, (size_t)n + 2);
+        }
+    }
+    return rc;
+}

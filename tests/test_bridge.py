@@ -84,11 +84,24 @@ class SlowStore:
         return True
 
     async def list_keys(
-        self, ns: kv.Namespace, prefix: bytes, after: bytes | None, limit: int
+        self, ns: kv.Namespace, key_range: kv.KeyRange, after: bytes | None, limit: int
     ) -> tuple[list[bytes], bool]:
+        found, more = await self.scan(ns, key_range, after, limit, 1 << 30)
+        return [key for key, _, _ in found], more
+
+    async def scan(
+        self, ns: kv.Namespace, key_range: kv.KeyRange, after: bytes | None, limit: int, max_bytes: int
+    ) -> tuple[list[kv.ScanItem], bool]:
         await self._pause()
-        keys = sorted(k for k in self.data if k.startswith(prefix) and (after is None or k > after))
-        return keys[:limit], len(keys) > limit
+        keys = sorted(
+            (
+                k
+                for k in self.data
+                if key_range.holds(k) and (after is None or (k < after if key_range.reverse else k > after))
+            ),
+            reverse=key_range.reverse,
+        )
+        return [(k, self.data[k], None) for k in keys[:limit]], len(keys) > limit
 
     async def usage(self, tenant: str) -> kv.Usage:
         await self._pause()
@@ -139,7 +152,8 @@ def test_the_bridge_is_a_store_and_passes_every_call_through() -> None:
         assert bridge.ttl(NS, b"c") is None
         assert bridge.increment(NS, b"n", 5, QUOTA) == 5
         assert bridge.compare_and_swap(NS, b"n", b"5", b"6", QUOTA) is True
-        assert bridge.list_keys(NS, b"", None, 2) == ([b"a", b"b"], True)
+        assert bridge.list_keys(NS, kv.KeyRange(), None, 2) == ([b"a", b"b"], True)
+        assert bridge.scan(NS, kv.KeyRange(reverse=True), None, 1, 100) == ([(b"n", b"6", None)], True)
         assert bridge.delete(NS, b"a") is True
         assert bridge.delete_many(NS, [b"b", b"c", b"zz"]) == 2
         assert bridge.usage("acme") == kv.Usage(keys=1, bytes=2)

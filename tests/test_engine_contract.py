@@ -9,6 +9,8 @@ engine is tested once, on the front layer, in test_kv_front.py.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from conftest import TtlClock
 
@@ -23,7 +25,7 @@ def live_keys(engine: kv.Store, ns: kv.Namespace = NS, prefix: bytes = b"") -> l
     keys: list[bytes] = []
     after = None
     while True:
-        page, more = engine.list_keys(ns, prefix, after, 3)
+        page, more = engine.list_keys(ns, kv.KeyRange(prefix), after, 3)
         keys += page
         if not more:
             return keys
@@ -227,16 +229,16 @@ def test_compare_and_swap_treats_an_expired_key_as_absent_and_clears_the_ttl(
 def test_list_keys_returns_keys_in_utf8_byte_order(engine: kv.Store) -> None:
     keys = [k.encode() for k in ["b", "a", "Z", "é", "z", "ab", "日", "🎉", "a b", "\x7e"]]
     engine.set_many(NS, [(key, b"") for key in keys], QUOTA)
-    assert engine.list_keys(NS, b"", None, 100) == (sorted(keys), False)
+    assert engine.list_keys(NS, kv.KeyRange(b""), None, 100) == (sorted(keys), False)
 
 
 def test_list_keys_filters_by_prefix(engine: kv.Store) -> None:
     for key in [b"user:1", b"user:2", b"user", b"users", b"usea", b"admin:1", "usér".encode()]:
         engine.set(NS, key, b"", None, QUOTA)
-    assert engine.list_keys(NS, b"user:", None, 100) == ([b"user:1", b"user:2"], False)
-    assert engine.list_keys(NS, b"user", None, 100) == ([b"user", b"user:1", b"user:2", b"users"], False)
-    assert engine.list_keys(NS, b"nobody", None, 100) == ([], False)
-    assert engine.list_keys(NS, "us\xe9".encode(), None, 100) == (["usér".encode()], False)
+    assert engine.list_keys(NS, kv.KeyRange(b"user:"), None, 100) == ([b"user:1", b"user:2"], False)
+    assert engine.list_keys(NS, kv.KeyRange(b"user"), None, 100) == ([b"user", b"user:1", b"user:2", b"users"], False)
+    assert engine.list_keys(NS, kv.KeyRange(b"nobody"), None, 100) == ([], False)
+    assert engine.list_keys(NS, kv.KeyRange("us\xe9".encode()), None, 100) == (["usér".encode()], False)
 
 
 def test_list_keys_pages_are_exact_and_say_whether_more_follow(engine: kv.Store) -> None:
@@ -248,7 +250,7 @@ def test_list_keys_pages_are_exact_and_say_whether_more_follow(engine: kv.Store)
     after = None
     pages = 0
     while True:
-        keys, more = engine.list_keys(NS, b"item:", after, 50)
+        keys, more = engine.list_keys(NS, kv.KeyRange(b"item:"), after, 50)
         pages += 1
         seen += keys
         if not more:
@@ -258,7 +260,7 @@ def test_list_keys_pages_are_exact_and_say_whether_more_follow(engine: kv.Store)
     assert seen == expected
     assert pages == 6
     # A page that ends exactly at the last key says no more follow.
-    assert engine.list_keys(NS, b"item:", expected[-51], 50) == (expected[-50:], False)
+    assert engine.list_keys(NS, kv.KeyRange(b"item:"), expected[-51], 50) == (expected[-50:], False)
 
 
 def test_list_keys_keeps_untouched_keys_exact_while_others_change(engine: kv.Store) -> None:
@@ -268,7 +270,7 @@ def test_list_keys_keeps_untouched_keys_exact_while_others_change(engine: kv.Sto
     after = None
     round_ = 0
     while True:
-        keys, more = engine.list_keys(NS, b"", after, 7)
+        keys, more = engine.list_keys(NS, kv.KeyRange(b""), after, 7)
         seen += keys
         # Churn keys that interleave with the stable ones, before and after the position.
         engine.set(NS, f"s{(round_ * 37) % 300 | 1:03d}".encode(), b"", None, QUOTA)
@@ -296,6 +298,151 @@ def test_long_keys_that_share_a_long_head_keep_byte_order_and_their_values(engin
     assert engine.compare_and_swap(NS, head + b"a", None, b"again", QUOTA) is True
     assert engine.increment(NS, head + b"n", 1, QUOTA) == 1
     assert engine.usage("acme").keys == len(keys) + 1
+
+
+# -- ranges and scans ------------------------------------------------------------------------
+
+# Keys around the edges a range can have: a shared prefix, multi-byte UTF-8, and long keys
+# sharing a head past where the embedded engine stores a key as itself.
+RANGE_KEYS = sorted(
+    {k.encode() for k in ["a", "ab", "abc", "abd", "ac", "b", "ba", "bb", "é", "éa", "日", "🎉", "z"]}
+    | {b"h" * 499 + tail for tail in [b"", b"a", b"ab", b"b", "é".encode(), b"hh"]}
+    | {b"h" * n + b"j" for n in range(480, 486)}
+)
+RANGES = [
+    kv.KeyRange(),
+    kv.KeyRange(b"a"),
+    kv.KeyRange(b"ab"),
+    kv.KeyRange(start=b"ab", end=b"b"),
+    kv.KeyRange(start=b"abc"),
+    kv.KeyRange(end=b"b"),
+    kv.KeyRange(b"a", start=b"abd", end=b"zz"),
+    kv.KeyRange(b"b", start=b"a", end=b"bb"),
+    kv.KeyRange("é".encode(), start="éa".encode()),
+    kv.KeyRange(b"h" * 499, start=b"h" * 499 + b"ab"),
+    kv.KeyRange(b"h" * 480, end=b"h" * 499 + b"b"),
+    kv.KeyRange(start=b"b", end=b"b"),
+    kv.KeyRange(start=b"c", end=b"b"),
+    kv.KeyRange(b"nothing"),
+]
+
+
+def in_range(key_range: kv.KeyRange) -> list[bytes]:
+    """What a listing of `key_range` over `RANGE_KEYS` must return, in its order."""
+    keys = [
+        key
+        for key in RANGE_KEYS
+        if key.startswith(key_range.prefix)
+        and (key_range.start is None or key >= key_range.start)
+        and (key_range.end is None or key < key_range.end)
+    ]
+    return keys[::-1] if key_range.reverse else keys
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_list_keys_and_scan_cover_exactly_a_range_in_its_order_page_by_page(engine: kv.Store, reverse: bool) -> None:
+    engine.set_many(NS, [(key, key[-3:]) for key in RANGE_KEYS], QUOTA)
+    for bounds in RANGES:
+        key_range = kv.KeyRange(bounds.prefix, bounds.start, bounds.end, reverse)
+        expected = in_range(key_range)
+        assert engine.list_keys(NS, key_range, None, 1000) == (expected, False), key_range
+        for limit in (1, 2, 5):
+            listed: list[bytes] = []
+            scanned: list[kv.ScanItem] = []
+            after = None
+            while True:
+                keys, more = engine.list_keys(NS, key_range, after, limit)
+                items, more_items = engine.scan(NS, key_range, after, limit, kv.SCAN_PAGE_MAX_BYTES)
+                assert [key for key, _, _ in items] == keys and more_items == more
+                listed += keys
+                scanned += items
+                if not more:
+                    break
+                assert len(keys) == limit
+                after = keys[-1]
+            assert listed == expected, (key_range, limit)
+            assert scanned == [(key, key[-3:], None) for key in expected]
+
+
+def test_scan_returns_values_with_the_time_their_keys_have_left(engine: kv.Store) -> None:
+    engine.set(NS, b"a", b"plain", None, QUOTA)
+    engine.set(NS, b"b", b"timed", 60_000, QUOTA)
+    engine.set(NS, b"c", b"", None, QUOTA)
+    items, more = engine.scan(NS, kv.KeyRange(), None, 10, kv.SCAN_PAGE_MAX_BYTES)
+    assert more is False
+    assert [(key, value) for key, value, _ in items] == [(b"a", b"plain"), (b"b", b"timed"), (b"c", b"")]
+    assert items[0][2] is None and items[2][2] is None
+    left = items[1][2]
+    assert left is not None and 55_000 < left <= 60_000
+
+
+def test_expired_keys_are_invisible_to_scans_and_ranges(engine: kv.Store, ttl_clock: TtlClock) -> None:
+    engine.set_many(NS, [(k, b"v") for k in [b"a", b"c", b"e"]], QUOTA)
+    for key in [b"b", b"d", b"f"]:
+        engine.set(NS, key, b"gone", 200, QUOTA)
+    ttl_clock.advance(250)
+    for reverse in (False, True):
+        key_range = kv.KeyRange(reverse=reverse)
+        expected = [b"e", b"c", b"a"] if reverse else [b"a", b"c", b"e"]
+        assert engine.list_keys(NS, key_range, None, 2) == (expected[:2], True)
+        items, more = engine.scan(NS, key_range, None, 2, kv.SCAN_PAGE_MAX_BYTES)
+        assert ([key for key, _, _ in items], more) == (expected[:2], True)
+        items, more = engine.scan(NS, key_range, expected[1], 2, kv.SCAN_PAGE_MAX_BYTES)
+        assert ([key for key, _, _ in items], more) == (expected[2:], False)
+
+
+def test_a_scan_page_stops_at_its_byte_budget_but_a_large_first_pair_comes_alone(engine: kv.Store) -> None:
+    # Each pair is 2 key bytes + 4 value bytes = 6; a budget of 13 holds two.
+    engine.set_many(NS, [(f"k{i}".encode(), b"vvvv") for i in range(5)], QUOTA)
+    engine.set(NS, b"k5", b"x" * 100, None, QUOTA)
+    pages: list[list[bytes]] = []
+    after = None
+    while True:
+        items, more = engine.scan(NS, kv.KeyRange(), after, 100, 13)
+        pages.append([key for key, _, _ in items])
+        if not more:
+            break
+        after = items[-1][0]
+    assert pages == [[b"k0", b"k1"], [b"k2", b"k3"], [b"k4"], [b"k5"]]
+    # Exactly at the budget still fits.
+    assert len(engine.scan(NS, kv.KeyRange(), None, 100, 12)[0]) == 2
+
+
+def test_a_scan_page_is_one_snapshot_while_a_writer_changes_keys_together(engine: kv.Store) -> None:
+    # set_many writes both keys at once; a page holding both must never see them differ.
+    engine.set_many(NS, [(b"pair:a", b"0"), (b"pair:b", b"0")], QUOTA)
+    stop = threading.Event()
+    progress = threading.Condition()
+    writes = 0
+
+    def writer() -> None:
+        nonlocal writes
+        while not stop.is_set():
+            value = str(writes + 1).encode()
+            engine.set_many(NS, [(b"pair:a", value), (b"pair:b", value)], QUOTA)
+            with progress:
+                writes += 1
+                progress.notify_all()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        seen = set()
+        for _ in range(100):
+            with progress:
+                before = writes
+            items, _ = engine.scan(NS, kv.KeyRange(b"pair:"), None, 10, kv.SCAN_PAGE_MAX_BYTES)
+            assert [key for key, _, _ in items] == [b"pair:a", b"pair:b"]
+            assert items[0][1] == items[1][1]
+            seen.add(items[0][1])
+            # Wait for the writer to move on, so pages fall between (and during) its writes
+            # however the threads are scheduled.
+            with progress:
+                assert progress.wait_for(lambda seen_before=before: writes > seen_before, timeout=30)
+    finally:
+        stop.set()
+        thread.join()
+    assert len(seen) > 1  # the writer really ran between pages
 
 
 # -- batches ---------------------------------------------------------------------------------
@@ -339,7 +486,7 @@ def test_tenants_and_buckets_are_separate_key_spaces(engine: kv.Store) -> None:
     engine.set(one, b"k", b"one's", None, QUOTA)
     assert engine.get(two, b"k") is None
     assert engine.get(other, b"k") is None
-    assert engine.list_keys(two, b"", None, 10) == ([], False)
+    assert engine.list_keys(two, kv.KeyRange(b""), None, 10) == ([], False)
     engine.set(two, b"k", b"two's", None, QUOTA)
     engine.set(other, b"k", b"other's", None, QUOTA)
     assert engine.delete(one, b"k") is True
@@ -355,7 +502,7 @@ def test_no_crafted_key_reaches_another_namespace(engine: kv.Store) -> None:
     for crafted in [b"../victim/secret/k", b"victim/secret/k", b"tim/secret/k", b"/k", b"{victim}:d:secret:k"]:
         assert engine.get(attacker, crafted) is None
         assert engine.exists(attacker, crafted) is False
-    assert engine.list_keys(attacker, b"", None, 10) == ([], False)
+    assert engine.list_keys(attacker, kv.KeyRange(b""), None, 10) == ([], False)
     assert engine.get(kv.Namespace("victim", "secret"), b"k") == b"private"
 
 
@@ -426,7 +573,7 @@ def test_a_closed_engine_raises_backend_unavailable(engine: kv.Store) -> None:
     for call in (
         lambda: engine.get(NS, b"k"),
         lambda: engine.set(NS, b"k", b"v", None, QUOTA),
-        lambda: engine.list_keys(NS, b"", None, 10),
+        lambda: engine.list_keys(NS, kv.KeyRange(b""), None, 10),
         lambda: engine.usage("acme"),
     ):
         with pytest.raises(kv.BackendUnavailable, match="closed"):

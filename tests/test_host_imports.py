@@ -8,6 +8,7 @@ from wat import Raw, forwarder
 
 from wasmkv import host, kv
 from wasmkv.abi import Status
+from wasmkv.host import _imports as host_imports
 
 NAME, KEY, VAL, OUT, EXP = 0, 100, 1000, 4000, 8000  # memory offsets used by the tests
 PAGE = 65536
@@ -92,6 +93,10 @@ def test_every_key_import_rejects_an_invalid_key(raw: Raw, key: bytes) -> None:
     assert raw.call("fwd_kv_list_keys", handle, *k, 0, 0, 10, OUT, 100) == (
         Status.INVALID_KEY if key else len(msgpack.packb({"keys": [], "cursor": None}))  # empty prefix: fine
     )
+    for field in ("prefix", "start", "end"):
+        scan = put(raw, EXP, b"\x81" + msgpack.packb(field) + _raw_str(key))
+        expected = Status.INVALID_KEY if key else len(msgpack.packb({"items": [], "cursor": None}))
+        assert raw.call("fwd_kv_scan", handle, *scan, OUT, 100) == expected, field
     batch = put(raw, EXP, msgpack.packb([key]))
     assert raw.call("fwd_kv_get_many", handle, *batch, OUT, 100) == Status.INVALID_KEY
     assert raw.call("fwd_kv_delete_many", handle, *batch, OUT, 0) == Status.INVALID_KEY
@@ -99,10 +104,14 @@ def test_every_key_import_rejects_an_invalid_key(raw: Raw, key: bytes) -> None:
     assert raw.call("fwd_kv_set_many", handle, *put(raw, EXP, _map_with_raw_key(key)), OUT, 0) == Status.INVALID_KEY
 
 
+def _raw_str(data: bytes) -> bytes:
+    # a msgpack str header over any bytes, valid UTF-8 or not
+    return (bytes([0xA0 | len(data)]) if len(data) < 32 else b"\xda" + len(data).to_bytes(2, "big")) + data
+
+
 def _map_with_raw_key(key: bytes) -> bytes:
     # fixmap of 1: str header + raw key bytes, then a bin value
-    header = bytes([0xA0 | len(key)]) if len(key) < 32 else b"\xda" + len(key).to_bytes(2, "big")
-    return b"\x81" + header + key + msgpack.packb(b"v", use_bin_type=True)
+    return b"\x81" + _raw_str(key) + msgpack.packb(b"v", use_bin_type=True)
 
 
 @pytest.mark.parametrize("handle", [-1, 1, 7, 2**31 - 1, -(2**31)])
@@ -121,6 +130,7 @@ def test_every_store_import_rejects_a_bad_handle(raw: Raw, handle: int) -> None:
         "compare_and_swap": (*k, 0, -1, *v),
         "list_keys": (*k, 0, 0, 10, OUT, 100),
         "get_many": (*req, OUT, 100),
+        "scan": (*put(raw, EXP + 300, msgpack.packb({})), OUT, 100),
         "set_many": (*put(raw, EXP + 500, msgpack.packb({"k": b"v"})), OUT, 0),
         "delete_many": (*req, OUT, 0),
     }
@@ -145,6 +155,7 @@ def test_every_pointer_argument_is_bounds_checked(raw: Raw, kvstore: kv.KvStore,
         "compare_and_swap": [(*bad, 0, -1, *v), (*k, *bad, *v), (*k, 0, -1, *bad)],
         "list_keys": [(*bad, 0, 0, 10, OUT, 100), (*k, *bad, 10, OUT, 100), (*k, 0, 0, 10, *bad)],
         "get_many": [(*bad, OUT, 10), (*put(raw, EXP, msgpack.packb(["k"])), *bad)],
+        "scan": [(*bad, OUT, 10), (*put(raw, EXP + 300, msgpack.packb({})), *bad)],
         "set_many": [(*bad, OUT, 0)],
         "delete_many": [(*bad, OUT, 0)],
     }.items():
@@ -272,6 +283,120 @@ def test_list_keys_rejects_a_bad_limit(raw: Raw, limit: int) -> None:
 def test_list_keys_rejects_a_forged_cursor(raw: Raw, cursor: bytes) -> None:
     handle = open_bucket(raw)
     assert raw.call("fwd_kv_list_keys", handle, 0, 0, *put(raw, EXP, cursor), 10, OUT, 100) == (Status.INVALID_ARGUMENT)
+
+
+def scan(raw: Raw, handle: int, request: dict[str, object], capacity: int = PAGE - OUT) -> int:
+    result: int = raw.call("fwd_kv_scan", handle, *put(raw, EXP, msgpack.packb(request)), OUT, capacity)
+    return result
+
+
+def test_scan_returns_pairs_a_page_at_a_time_in_either_order(raw: Raw, kvstore: kv.KvStore) -> None:
+    kvstore.tenant("acme").bucket().set_many({f"p:{i}": b"v%d" % i for i in range(5)} | {"q": b"", "o": b""})
+    handle = open_bucket(raw)
+    length = scan(raw, handle, {"prefix": "p:", "limit": 3})
+    page = msgpack.unpackb(raw.read(OUT, length))
+    assert page["items"] == [["p:0", b"v0"], ["p:1", b"v1"], ["p:2", b"v2"]]
+    length = scan(raw, handle, {"prefix": "p:", "limit": 3, "cursor": page["cursor"]})
+    assert msgpack.unpackb(raw.read(OUT, length)) == {"items": [["p:3", b"v3"], ["p:4", b"v4"]], "cursor": None}
+    length = scan(raw, handle, {"prefix": "p:", "start": "p:1", "end": "p:4", "reverse": True})
+    assert msgpack.unpackb(raw.read(OUT, length))["items"] == [["p:3", b"v3"], ["p:2", b"v2"], ["p:1", b"v1"]]
+    # Defaults: every key, 100 a page, forwards.
+    length = scan(raw, handle, {})
+    assert [key for key, _ in msgpack.unpackb(raw.read(OUT, length))["items"]] == [
+        "o",
+        "p:0",
+        "p:1",
+        "p:2",
+        "p:3",
+        "p:4",
+        "q",
+    ]
+
+
+def test_scan_follows_the_buffer_rule_with_an_exact_length(raw: Raw, kvstore: kv.KvStore) -> None:
+    kvstore.tenant("acme").bucket().set_many({"k\u00e9y": b"x" * 300, "k": b""})
+    handle = open_bucket(raw)
+    expected = msgpack.packb({"items": [["k", b""], ["k\u00e9y", b"x" * 300]], "cursor": None}, use_bin_type=True)
+    raw.write(OUT, b"\xee" * 8)
+    assert scan(raw, handle, {}, capacity=0) == len(expected)
+    assert scan(raw, handle, {}, capacity=len(expected) - 1) == len(expected)
+    assert raw.read(OUT, 8) == b"\xee" * 8  # nothing written when it does not fit
+    assert scan(raw, handle, {}, capacity=len(expected)) == len(expected)
+    assert raw.read(OUT, len(expected)) == expected
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 17])
+@pytest.mark.parametrize("sizes", [(0, 1), (31, 255), (32, 256), (255, 65535), (256, 65536)])
+def test_the_scan_reply_size_is_computed_exactly(count: int, sizes: tuple[int, int]) -> None:
+    key_size, value_size = sizes
+    items = [("\u00e9" * (key_size // 2) + "k" * (key_size % 2 + i % 2), b"v" * value_size) for i in range(count)]
+    for cursor in (None, "c" * 31, "c" * 32, "c" * 300):
+        packed = msgpack.packb({"items": items, "cursor": cursor}, use_bin_type=True)
+        assert host_imports.packed_scan_size(items, cursor) == len(packed)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        msgpack.packb({"limit": 0}),
+        msgpack.packb({"limit": 1001}),
+        msgpack.packb({"limit": "10"}),
+        msgpack.packb({"limit": 1.5}),
+        msgpack.packb({"reverse": 1}),
+        msgpack.packb({"cursor": 5}),
+        msgpack.packb({"cursor": "junk"}),
+        msgpack.packb({"cursor": b"bytes"}),
+        msgpack.packb({"other": 1}),
+        msgpack.packb({"prefix": ["a"]}),
+        msgpack.packb(["prefix", ""]),
+        msgpack.packb({"prefix": ""}) + b"\x00",
+        b"\x82\xa6prefix\xa0\xa6prefix\xa0",  # a field twice
+        b"\xdf\xff\xff\xff\xff",  # a map header claiming 4 billion fields
+        b"\xc1",
+        b"",
+    ],
+)
+def test_malformed_scan_requests_are_invalid_argument(raw: Raw, request_: bytes) -> None:
+    handle = open_bucket(raw)
+    assert raw.call("fwd_kv_scan", handle, *put(raw, EXP, request_), OUT, 100) == Status.INVALID_ARGUMENT
+
+
+def test_a_scan_cursor_from_another_listing_is_invalid_argument(raw: Raw, kvstore: kv.KvStore) -> None:
+    kvstore.tenant("acme").bucket().set_many({f"p:{i}": b"" for i in range(5)})
+    handle = open_bucket(raw)
+    page = msgpack.unpackb(raw.read(OUT, scan(raw, handle, {"prefix": "p:", "limit": 2})))
+    for other in ({"prefix": "q"}, {"prefix": "p:", "reverse": True}, {"prefix": "p:", "start": "p:1"}):
+        assert scan(raw, handle, {**other, "cursor": page["cursor"], "limit": 2}) == Status.INVALID_ARGUMENT, other
+    # list_keys cursors are the same listing's cursors: interchangeable.
+    keys = msgpack.unpackb(
+        raw.read(OUT, raw.call("fwd_kv_list_keys", handle, *put(raw, KEY, b"p:"), 0, 0, 2, OUT, 1000))
+    )
+    length = scan(raw, handle, {"prefix": "p:", "cursor": keys["cursor"]})
+    assert [key for key, _ in msgpack.unpackb(raw.read(OUT, length))["items"]] == ["p:2", "p:3", "p:4"]
+
+
+def test_a_scan_page_over_the_plugin_memory_is_value_too_large(wasm_host: host.Host, kvstore: kv.KvStore) -> None:
+    # 1 MiB of memory; a page holds up to 1 MiB of keys and values, and the reply adds its
+    # framing: 1000 pairs of 1044 bytes make a reply of 1,049,018 bytes, 442 over.
+    limits = host.Limits(memory_bytes=16 * PAGE)
+    raw = Raw(wasm_host.load(forwarder(memory_pages=16), name="fwd", tenant="acme", limits=limits))
+    bucket = kvstore.tenant("acme").bucket()
+    for first in range(0, 1000, 500):
+        bucket.set_many({f"k{i:03d}": b"x" * 1040 for i in range(first, first + 500)})
+    handle = open_bucket(raw)
+    assert scan(raw, handle, {"limit": 1000}, capacity=100) == Status.VALUE_TOO_LARGE
+    length = scan(raw, handle, {"limit": 500}, capacity=16 * PAGE - OUT)  # a smaller page is fine
+    assert len(msgpack.unpackb(raw.read(OUT, length))["items"]) == 500
+
+
+def test_a_scan_costs_one_rate_token_per_pair(wasm_host: host.Host, kvstore: kv.KvStore) -> None:
+    tenant = kvstore.tenant("slow", kv.Quota(ops_per_second=8))
+    tenant.bucket().set_many({f"k{i}": b"" for i in range(3)})  # three tokens; five left
+    raw = load(wasm_host, tenant)
+    handle = open_bucket(raw)
+    assert scan(raw, handle, {"limit": 3}) > 0  # three pairs: three tokens
+    assert scan(raw, handle, {"limit": 2}) > 0  # two more
+    assert scan(raw, handle, {"limit": 1}) == Status.RATE_LIMITED
 
 
 def test_batches_round_trip_through_msgpack(raw: Raw, kvstore: kv.KvStore) -> None:

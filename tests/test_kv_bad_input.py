@@ -67,6 +67,39 @@ def test_list_keys_rejects_an_invalid_prefix(seeded: kv.Bucket, prefix: object) 
         seeded.list_keys(prefix)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("bound", ["start", "end"])
+@pytest.mark.parametrize("key", ["a\x00", "\n", "x" * 513, "\udfff", b"\xff", 7], ids=repr)
+def test_listings_reject_an_invalid_start_or_end(seeded: kv.Bucket, bound: str, key: object) -> None:
+    with pytest.raises(kv.InvalidKey, match=bound):
+        seeded.list_keys(**{bound: key})  # type: ignore[arg-type]
+    with pytest.raises(kv.InvalidKey, match=bound):
+        seeded.scan(**{bound: key})  # type: ignore[arg-type]
+    with pytest.raises(kv.InvalidKey, match=bound):
+        next(seeded.items(**{bound: key}))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reverse", [1, 0, "yes", None], ids=repr)
+def test_reverse_must_be_a_bool(seeded: kv.Bucket, reverse: object) -> None:
+    with pytest.raises(kv.InvalidArgument, match="reverse must be True or False"):
+        seeded.list_keys(reverse=reverse)  # type: ignore[arg-type]
+    with pytest.raises(kv.InvalidArgument, match="reverse must be True or False"):
+        seeded.scan(reverse=reverse)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("limit", [0, 1001, "10", None], ids=repr)
+def test_scan_limit_and_page_size_must_be_1_to_1000(seeded: kv.Bucket, limit: object) -> None:
+    with pytest.raises(kv.InvalidArgument, match=r"limit must be an int in 1\.\.1000"):
+        seeded.scan(limit=limit)  # type: ignore[arg-type]
+    with pytest.raises(kv.InvalidArgument, match=r"limit must be an int in 1\.\.1000"):
+        next(seeded.items(page_size=limit))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "", 5, "A" * 100_000], ids=lambda c: repr(c)[:20])
+def test_scan_rejects_a_cursor_it_did_not_issue(seeded: kv.Bucket, cursor: object) -> None:
+    with pytest.raises(kv.InvalidArgument, match="cursor"):
+        seeded.scan(cursor=cursor)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("value", ["text", 1, None, [b"x"]], ids=repr)
 def test_values_must_be_bytes(seeded: kv.Bucket, value: object) -> None:
     for call in (

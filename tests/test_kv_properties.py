@@ -185,6 +185,40 @@ class StoreMachine(RuleBasedStateMachine):
                 break
         assert seen == expected
 
+    @rule(
+        ns=BUCKETS,
+        prefix=st.sampled_from(["", "a", "b"]),
+        start=st.none() | KEYS,
+        end=st.none() | KEYS,
+        reverse=st.booleans(),
+        limit=st.integers(1, 4),
+    )
+    def scan_range(
+        self, ns: tuple[str, str], prefix: str, start: str | None, end: str | None, reverse: bool, limit: int
+    ) -> None:
+        def wanted(key: str) -> bool:
+            raw = key.encode()
+            return (
+                key.startswith(prefix)
+                and (start is None or raw >= start.encode())
+                and (end is None or raw < end.encode())
+            )
+
+        live = self.model.live(ns)
+        expected = sorted(((k, v) for k, (v, _) in live.items() if wanted(k)), key=lambda kv_: kv_[0].encode())
+        if reverse:
+            expected.reverse()
+        seen: list[tuple[str, bytes]] = []
+        cursor = None
+        while True:
+            page = self.bucket(ns).scan(prefix, start=start, end=end, cursor=cursor, limit=limit, reverse=reverse)
+            assert len(page.items) <= limit
+            seen += page.items
+            if (cursor := page.cursor) is None:
+                break
+        assert seen == expected
+        assert list(self.bucket(ns).items(prefix, start=start, end=end, reverse=reverse, page_size=limit)) == expected
+
     @rule(ms=st.integers(1, 2000))
     def tick(self, ms: int) -> None:
         self.clock.tick(ms)

@@ -141,6 +141,35 @@ def test_leaderboard_ranks_players_across_list_pages(built: Path, wasm_host: hos
     assert raised.value.status == 1
 
 
+def test_leaderboard_bottom_scans_the_ranks_in_reverse(built: Path, wasm_host: host.Host) -> None:
+    board = wasm_host.load(built / "leaderboard.wasm", name="leaderboard", tenant="acme")
+    scores = {f"p{i:02d}": (i * 37) % 101 for i in range(25)}
+    for player, points in scores.items():
+        board.call("score", f"{player} {points}".encode())
+    best_first = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    # 25 players over pages of 10 in reverse: the exact reverse of `top`.
+    lines = board.call("bottom", b"25").decode().splitlines()
+    assert lines == [f"{name} {points}" for name, points in reversed(best_first)]
+    assert board.call("bottom", b"2").decode().splitlines() == lines[:2]
+
+
+def test_session_all_scans_live_sessions_from_a_start(built: Path, wasm_host: host.Host, kvstore: kv.KvStore) -> None:
+    sessions = wasm_host.load(built / "session.wasm", name="session", tenant="acme", buckets=("sessions",))
+    for i in range(23):  # more than two pages of 10
+        sessions.call("put", b"s%02d 60000 %s" % (i, b"x" * i))
+    bucket = kvstore.tenant("acme").bucket("sessions")
+    bucket.set("other", b"not a session")  # outside the prefix
+    sessions.call("put", b"gone 1 bye")
+    while bucket.exists("session:gone"):  # the event: the store expiring it
+        threading.Event().wait(0.002)
+    assert sessions.call("all").decode().splitlines() == [f"s{i:02d} {i}" for i in range(23)]
+    assert sessions.call("all", b"s17").decode().splitlines() == [f"s{i:02d} {i}" for i in range(17, 23)]
+    assert sessions.call("all", b"t") == b""
+    with pytest.raises(host.PluginStatusError) as raised:
+        sessions.call("all", b"a b")
+    assert raised.value.status == 2
+
+
 def test_sample_plugins_import_only_abi_functions(built: Path, wasm_host: host.Host) -> None:
     for wasm in sorted(built.glob("*.wasm")):
         plugin = wasm_host.load(wasm, name=wasm.stem, tenant="acme", buckets=("default", "sessions"))

@@ -198,6 +198,44 @@ def test_another_tenants_calls_keep_being_served_while_one_plugin_amplifies() ->
     assert result["worst_s"] < 1.5
 
 
+SCANNER = """(module
+  (import "kv" "open" (func $open (param i32 i32) (result i32)))
+  (import "kv" "scan" (func $scan (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1 1)
+  (data (i32.const 0) "default")
+  (data (i32.const 16) "\\80")  ;; msgpack {}: every key, 100 pairs a page
+  ;; Asks for 1 MiB pages' lengths only, forever: each call reads a page the plugin never takes.
+  (func (export "scan_forever") (result i32) (local $h i32)
+    (local.set $h (call $open (i32.const 0) (i32.const 7)))
+    (loop $l (drop (call $scan (local.get $h) (i32.const 16) (i32.const 1) (i32.const 0) (i32.const 0))) (br $l))
+    (i32.const 0)))
+"""
+
+
+def test_a_plugin_scanning_large_pages_in_a_loop_is_bounded_by_its_deadline() -> None:
+    result = measured(
+        f"""
+        WAT = {SCANNER!r}
+        with kv.KvStore.memory() as store, host.Host(store) as h:
+            bucket = store.tenant("evil", kv.Quota(max_bytes=64 << 20)).bucket()
+            for i in range(64):
+                bucket.set(f"big{{i:02d}}", b"x" * (256 << 10))
+            p = h.load(WAT, name="scan", tenant="evil", limits=host.Limits(memory_bytes=1 << 16, deadline_ms=500))
+            before = peak_mib()
+            started = time.monotonic()
+            try:
+                p.call("scan_forever")
+            except host.PluginTimeout as exc:
+                RESULT["reason"] = exc.reason
+            RESULT["seconds"] = time.monotonic() - started
+            RESULT["grew_mib"] = peak_mib() - before
+        """
+    )
+    assert result["reason"] == "deadline"
+    assert result["seconds"] < 0.5 + 0.6
+    assert result["grew_mib"] < RSS_BOUND_MIB  # each page is dropped; none is packed
+
+
 def test_a_plugin_looping_on_imports_stops_near_its_deadline() -> None:
     wat = """(module
       (import "kv" "open" (func $open (param i32 i32) (result i32)))

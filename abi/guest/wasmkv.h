@@ -81,6 +81,8 @@ int32_t wasmkv_raw_compare_and_swap(int32_t store, const char *key, int32_t key_
 WASMKV__IMPORT("kv", "list_keys")
 int32_t wasmkv_raw_list_keys(int32_t store, const char *prefix, int32_t prefix_len, const void *cursor,
                              int32_t cursor_len, int32_t limit, void *out, int32_t out_cap);
+WASMKV__IMPORT("kv", "scan")
+int32_t wasmkv_raw_scan(int32_t store, const void *req, int32_t req_len, void *out, int32_t out_cap);
 WASMKV__IMPORT("kv", "get_many")
 int32_t wasmkv_raw_get_many(int32_t store, const void *req, int32_t req_len, void *out, int32_t out_cap);
 WASMKV__IMPORT("kv", "set_many")
@@ -700,6 +702,146 @@ static inline int wasmkv_list_next_key(wasmkv_list *l, const uint8_t **key, size
     if (!l->keys_left) return 0;
     l->keys_left--;
     return wasmkv_read_str(&l->keys, key, len);
+}
+
+/* ---- Scans ----------------------------------------------------------------
+ *   wasmkv_scan sc;
+ *   wasmkv_scan_begin(&sc, kv, "user:", 100);
+ *   sc.start = "user:m";  (optional: inclusive lower bound; sc.end: exclusive upper bound)
+ *   sc.reverse = 1;       (optional: descending order)
+ *   while ((rc = wasmkv_scan_next_page(&sc)) > 0)
+ *       while (wasmkv_scan_next_item(&sc, &key, &key_len, &value, &value_len)) ...;
+ *   if (rc < 0) return rc;
+ * Each page is read from one snapshot of the store. A page's keys and values
+ * stay valid until the next wasmkv_scan_next_page; when the page is still the
+ * newest arena allocation its space is reused for the next one. */
+
+typedef struct {
+    int32_t store;
+    const char *prefix;
+    const char *start; /* NULL: no lower bound */
+    const char *end;   /* NULL: no upper bound */
+    int32_t limit;
+    int reverse;
+    const uint8_t *cursor; /* NULL before the first page */
+    int32_t cursor_len;
+    int done;
+    uint8_t *page; /* the arena block holding the cursor, request and reply */
+    uintptr_t page_end;
+    const uint8_t *req;
+    int32_t req_len;
+    wasmkv_reader items; /* the page's pairs not yet taken */
+    uint32_t items_left;
+} wasmkv_scan;
+
+static inline int32_t wasmkv__scan_fill(const void *ctx, void *out, int32_t cap) {
+    const wasmkv_scan *sc = (const wasmkv_scan *)ctx;
+    return wasmkv_raw_scan(sc->store, sc->req, sc->req_len, out, cap);
+}
+
+/* limit: pairs per page, 1..WASMKV_LIST_MAX_LIMIT (a page also stops at 1 MiB). */
+static inline void wasmkv_scan_begin(wasmkv_scan *sc, int32_t store, const char *prefix, int32_t limit) {
+    *sc = (wasmkv_scan){0};
+    sc->store = store;
+    sc->prefix = prefix;
+    sc->limit = limit;
+}
+
+static inline void wasmkv__scan_request(const wasmkv_scan *sc, wasmkv_writer *w) {
+    wasmkv_write_map(w, 3 + (sc->start != NULL) + (sc->end != NULL) + (sc->cursor != NULL));
+    wasmkv_write_str(w, "prefix", 6);
+    wasmkv_write_str(w, sc->prefix, wasmkv_strlen(sc->prefix));
+    if (sc->start) {
+        wasmkv_write_str(w, "start", 5);
+        wasmkv_write_str(w, sc->start, wasmkv_strlen(sc->start));
+    }
+    if (sc->end) {
+        wasmkv_write_str(w, "end", 3);
+        wasmkv_write_str(w, sc->end, wasmkv_strlen(sc->end));
+    }
+    if (sc->cursor) {
+        wasmkv_write_str(w, "cursor", 6);
+        wasmkv_write_str(w, sc->cursor, (size_t)sc->cursor_len);
+    }
+    wasmkv_write_str(w, "limit", 5);
+    uint8_t limit[5] = {0xd2, (uint8_t)(sc->limit >> 24), (uint8_t)(sc->limit >> 16), (uint8_t)(sc->limit >> 8),
+                        (uint8_t)sc->limit};
+    wasmkv__put(w, limit, sizeof limit); /* int32 */
+    wasmkv_write_str(w, "reverse", 7);
+    wasmkv__put(w, sc->reverse ? "\xc3" : "\xc2", 1);
+}
+
+/* Fetches the next page: 1 (its pairs are then available), 0 when the scan
+ * is complete, or an error. A malformed reply is a host bug and traps. */
+static inline int32_t wasmkv_scan_next_page(wasmkv_scan *sc) {
+    if (sc->done) return 0;
+    if (sc->page && sc->page_end == wasmkv__top()) {
+        /* Keep only the cursor; the next request and page land right after it. */
+        wasmkv_memmove(sc->page, sc->cursor, (size_t)sc->cursor_len);
+        sc->cursor = sc->page;
+        wasmkv__arena_top = (uintptr_t)sc->page + (size_t)sc->cursor_len;
+    } else {
+        sc->page = (uint8_t *)wasmkv__top();
+    }
+    wasmkv_writer w;
+    wasmkv_writer_init(&w, NULL, 0);
+    wasmkv__scan_request(sc, &w); /* measure, then write */
+    uint8_t *req = (uint8_t *)wasmkv_alloc(w.len);
+    if (!req) __builtin_trap();
+    wasmkv_writer_init(&w, req, w.len);
+    wasmkv__scan_request(sc, &w);
+    sc->req = req;
+    sc->req_len = (int32_t)w.len;
+
+    const uint8_t *reply;
+    int32_t n = wasmkv__fill_arena(wasmkv__scan_fill, sc, 0, &reply);
+    if (n < 0) return n;
+    sc->page_end = wasmkv__top();
+
+    wasmkv_reader r;
+    wasmkv_reader_init(&r, reply, (size_t)n);
+    uint32_t fields;
+    int have_items = 0, have_cursor = 0;
+    if (!wasmkv_read_map(&r, &fields)) __builtin_trap();
+    while (fields--) {
+        const uint8_t *name;
+        size_t name_len;
+        if (!wasmkv_read_str(&r, &name, &name_len)) __builtin_trap();
+        if (wasmkv__str_is(name, name_len, "items")) {
+            if (!wasmkv_read_array(&r, &sc->items_left)) __builtin_trap();
+            sc->items = r;
+            for (uint32_t i = 0; i < sc->items_left; i++) {
+                uint32_t two;
+                const uint8_t *k, *v;
+                size_t k_len, v_len;
+                if (!wasmkv_read_array(&r, &two) || two != 2 || !wasmkv_read_str(&r, &k, &k_len) ||
+                    !wasmkv_read_bin(&r, &v, &v_len))
+                    __builtin_trap();
+            }
+            have_items = 1;
+        } else if (wasmkv__str_is(name, name_len, "cursor")) {
+            size_t c_len;
+            if (wasmkv_read_nil(&r)) sc->done = 1;
+            else if (!wasmkv_read_str(&r, &sc->cursor, &c_len)) __builtin_trap();
+            else sc->cursor_len = (int32_t)c_len;
+            have_cursor = 1;
+        } else if (!wasmkv_skip(&r)) {
+            __builtin_trap();
+        }
+    }
+    if (!have_items || !have_cursor) __builtin_trap();
+    return 1;
+}
+
+/* The current page's next pair: 1 with *key, *key_len, *value and *value_len
+ * set, or 0 when the page has no more pairs. */
+static inline int wasmkv_scan_next_item(wasmkv_scan *sc, const uint8_t **key, size_t *key_len, const uint8_t **value,
+                                        size_t *value_len) {
+    if (!sc->items_left) return 0;
+    sc->items_left--;
+    uint32_t two;
+    return wasmkv_read_array(&sc->items, &two) && wasmkv_read_str(&sc->items, key, key_len) &&
+           wasmkv_read_bin(&sc->items, value, value_len);
 }
 
 #endif /* WASMKV_H */

@@ -83,6 +83,7 @@ const raw = struct {
     extern "kv" fn increment(store: i32, key_ptr: usize, key_len: usize, delta: i64, out: *i64) i32;
     extern "kv" fn compare_and_swap(store: i32, key_ptr: usize, key_len: usize, exp_ptr: usize, exp_len: i32, new_ptr: usize, new_len: usize) i32;
     extern "kv" fn list_keys(store: i32, prefix_ptr: usize, prefix_len: usize, cursor_ptr: usize, cursor_len: usize, limit: i32, out_ptr: usize, out_cap: i32) i32;
+    extern "kv" fn scan(store: i32, req_ptr: usize, req_len: usize, out_ptr: usize, out_cap: i32) i32;
     extern "kv" fn get_many(store: i32, req_ptr: usize, req_len: usize, out_ptr: usize, out_cap: i32) i32;
     extern "kv" fn set_many(store: i32, req_ptr: usize, req_len: usize, out_ptr: usize, out_cap: i32) i32;
     extern "kv" fn delete_many(store: i32, req_ptr: usize, req_len: usize, out_ptr: usize, out_cap: i32) i32;
@@ -210,6 +211,12 @@ pub const Store = struct {
     /// (1..list_max_limit) keys per page. Call `deinit` when done.
     pub fn listKeys(self: Store, allocator: Allocator, prefix: []const u8, limit: u16) Pages {
         return .{ .store = self, .allocator = allocator, .prefix = prefix, .limit = limit };
+    }
+
+    /// Pages of (key, value) pairs, each page read from one snapshot of the
+    /// store. Call `deinit` when done.
+    pub fn scan(self: Store, allocator: Allocator, options: ScanOptions) Scan {
+        return .{ .store = self, .allocator = allocator, .options = options };
     }
 
     /// The values of `keys`, in order (null where missing). Call `deinit` on the result.
@@ -342,6 +349,133 @@ pub const Page = struct {
         self.remaining -= 1;
         // Pages.next checked that every key is a str.
         return (self.keys.next() orelse unreachable).str;
+    }
+};
+
+/// What `Store.scan` walks.
+pub const ScanOptions = struct {
+    /// Only keys starting with this.
+    prefix: []const u8 = "",
+    /// Only keys >= start (byte order), if set.
+    start: ?[]const u8 = null,
+    /// Only keys < end, if set.
+    end: ?[]const u8 = null,
+    /// Pairs per page, 1..list_max_limit (a page also stops at 1 MiB).
+    limit: u16 = 100,
+    /// Descending key order.
+    reverse: bool = false,
+};
+
+/// Iterator over the pages of a scan (`Store.scan`).
+pub const Scan = struct {
+    store: Store,
+    allocator: Allocator,
+    options: ScanOptions,
+    /// Where the next page starts (in `page.reply`); null before the first page.
+    cursor: ?[]const u8 = null,
+    done: bool = false,
+    page: ScanPage = .{},
+
+    fn writeRequest(w: *Writer, sc: *const Scan) void {
+        const o = sc.options;
+        const fields = @as(usize, 3) + @intFromBool(o.start != null) + @intFromBool(o.end != null) + @intFromBool(sc.cursor != null);
+        w.header(0x80, 16, null, 0xde, 0xdf, fields);
+        w.str("prefix");
+        w.str(o.prefix);
+        if (o.start) |start| {
+            w.str("start");
+            w.str(start);
+        }
+        if (o.end) |end| {
+            w.str("end");
+            w.str(end);
+        }
+        if (sc.cursor) |cursor| {
+            w.str("cursor");
+            w.str(cursor);
+        }
+        w.str("limit");
+        w.put(&.{0xcd}); // uint16
+        w.put(&std.mem.toBytes(std.mem.nativeToBig(u16, o.limit)));
+        w.str("reverse");
+        w.put(&.{if (o.reverse) 0xc3 else 0xc2});
+    }
+
+    /// The next page, valid until the following call; null after the last.
+    /// A malformed reply is a host bug and traps.
+    pub fn next(self: *Scan) AllocError!?*ScanPage {
+        if (self.done) return null;
+        const req = try encode(self.allocator, writeRequest, @as(*const Scan, self));
+        defer self.allocator.free(req);
+        const Request = struct {
+            store: Store,
+            req: []const u8,
+            fn fill(r: @This(), buf: []u8) Error!usize {
+                return try check(raw.scan(r.store.handle, addr(r.req), r.req.len, addr(buf), cap(buf)));
+            }
+        };
+        const hint = if (self.page.reply.len > 0) self.page.reply.len else @as(usize, self.options.limit) * 64 + 64;
+        const reply = try fetch(Error, self.allocator, Request{ .store = self.store, .req = req }, hint);
+        // The old page held the cursor the request needed; now it can go.
+        self.allocator.free(self.page.reply);
+        self.page = .{ .reply = reply };
+
+        var r: Reader = .{ .bytes = reply };
+        const fields = r.next() orelse @trap();
+        if (fields != .map) @trap();
+        var have_items = false;
+        var have_cursor = false;
+        for (0..fields.map) |_| {
+            const name = r.next() orelse @trap();
+            if (name != .str) @trap();
+            if (std.mem.eql(u8, name.str, "items")) {
+                const items = r.next() orelse @trap();
+                if (items != .array) @trap();
+                self.page.items = r;
+                self.page.remaining = items.array;
+                for (0..items.array) |_| {
+                    const pair = r.next() orelse @trap();
+                    if (pair != .array or pair.array != 2) @trap();
+                    if ((r.next() orelse @trap()) != .str) @trap();
+                    if ((r.next() orelse @trap()) != .bin) @trap();
+                }
+                have_items = true;
+            } else if (std.mem.eql(u8, name.str, "cursor")) {
+                switch (r.next() orelse @trap()) {
+                    .nil => self.done = true,
+                    .str => |c| self.cursor = c,
+                    else => @trap(),
+                }
+                have_cursor = true;
+            } else if (!r.skip()) @trap();
+        }
+        if (!have_items or !have_cursor) @trap();
+        return &self.page;
+    }
+
+    pub fn deinit(self: *Scan) void {
+        self.allocator.free(self.page.reply);
+    }
+};
+
+/// One key and its value; both point into their page.
+pub const Pair = struct { key: []const u8, value: []const u8 };
+
+/// One page of a scan.
+pub const ScanPage = struct {
+    reply: []u8 = &.{},
+    items: Reader = .{ .bytes = &.{} },
+    /// Pairs of this page not yet returned by `next`.
+    remaining: u32 = 0,
+
+    pub fn next(self: *ScanPage) ?Pair {
+        if (self.remaining == 0) return null;
+        self.remaining -= 1;
+        // Scan.next checked every pair's shape.
+        _ = self.items.next() orelse unreachable;
+        const key = (self.items.next() orelse unreachable).str;
+        const value = (self.items.next() orelse unreachable).bin;
+        return .{ .key = key, .value = value };
     }
 };
 
