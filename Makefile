@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_STATE := .wasmkv/demo-state
 
-.PHONY: demo test plugins lint bench clean redis-cluster
+.PHONY: demo test plugins plugins-all lint bench clean redis-cluster
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 plugins: $(STAMP)
 	$(BIN)/python plugins/build.py
 
+# Every sample, Rust (Debian's toolchain, installed when missing and we are root) and
+# AssemblyScript/Extism (npm, into plugins/<toolchain>/node_modules) included.
+plugins-all: $(STAMP)
+	$(BIN)/python plugins/build.py --all
+
 # The counter plugin twice against the embedded durable store: the count survives the process.
 demo: plugins
 	@echo "--- run 1"
@@ -27,7 +32,7 @@ demo: plugins
 	$(BIN)/wasmkv run plugins/build/counter.wasm --call hit --state $(DEMO_STATE)
 	$(BIN)/wasmkv inspect --state $(DEMO_STATE)
 
-test: plugins
+test: plugins-all
 	$(BIN)/python tests/ensure_redis.py
 	$(BIN)/python -m pytest -q
 

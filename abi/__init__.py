@@ -14,14 +14,18 @@ from typing import Final
 __all__ = [
     "BATCH_MAX_ITEMS",
     "ENTRY_SIGNATURE",
+    "ENV_IMPORTS",
+    "ENV_MODULE",
     "HOST_IMPORTS",
     "HOST_MODULE",
     "I32",
     "I64",
+    "INITIALIZE_EXPORT",
     "KV_IMPORTS",
     "KV_MODULE",
     "LIST_MAX_LIMIT",
     "MEMORY_EXPORT",
+    "WASI_MODULE",
     "LogLevel",
     "Status",
     "describe_status",
@@ -77,6 +81,12 @@ I64: Final = "i64"
 KV_MODULE: Final = "kv"
 HOST_MODULE: Final = "host"
 MEMORY_EXPORT: Final = "memory"
+#: WASI preview 1, provided to plugins loaded with `wasi=True` (no files, environment or arguments).
+WASI_MODULE: Final = "wasi_snapshot_preview1"
+#: Imports toolchains' runtimes expect, provided to every plugin (AssemblyScript's `abort`).
+ENV_MODULE: Final = "env"
+#: Called once per instance, before any entry point, when a module exports it (WASI reactors do).
+INITIALIZE_EXPORT: Final = "_initialize"
 
 #: The most keys one `list_keys` page, or one batch request, may carry.
 LIST_MAX_LIMIT: Final = 1000
@@ -106,6 +116,12 @@ HOST_IMPORTS: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "log": ((I32, I32, I32), ()),
 }
 
+#: `env` imports: name -> (param types, result types). `abort(message, file, line, column)`
+#: takes AssemblyScript strings (UTF-16, their byte length in the u32 before them) and traps.
+ENV_IMPORTS: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "abort": ((I32, I32, I32, I32), ()),
+}
+
 #: An export with this signature is an entry point: `() -> i32` status.
 ENTRY_SIGNATURE: Final[tuple[tuple[str, ...], tuple[str, ...]]] = ((), (I32,))
 
@@ -114,8 +130,15 @@ def sdk_paths() -> dict[str, Path]:
     """Where each guest SDK lives in this installation, by language.
 
     `c` is the directory to pass to `-I` (it holds `wasmkv.h`); `zig` is the
-    module to pass as `-Mwasmkv=`. They ship inside the package, so a plugin
-    can be built against an installed wasmkv without its source tree.
+    module to pass as `-Mwasmkv=`; `rust` is the crate's directory (a path
+    dependency); `assemblyscript` is the module to import. They ship inside
+    the package, so a plugin can be built against an installed wasmkv
+    without its source tree.
     """
     guest = Path(__file__).resolve().parent / "guest"
-    return {"c": guest, "zig": guest / "wasmkv.zig"}
+    return {
+        "c": guest,
+        "zig": guest / "wasmkv.zig",
+        "rust": guest / "rust",
+        "assemblyscript": guest / "assemblyscript" / "wasmkv.ts",
+    }

@@ -56,6 +56,9 @@ def add_plugin_commands(commands: Any, parent: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--table-elements", type=_positive("elements"), default=DEFAULT_TABLE_ELEMENTS, help="table size ceiling"
     )
+    run.add_argument(
+        "--wasi", action="store_true", help="let the plugin import WASI (its stdout and stderr go to its log)"
+    )
     run.add_argument("--raw", action="store_true", help="print the output exactly, without a trailing newline")
     add_store_options(run)
     run.set_defaults(run=_run)
@@ -99,6 +102,7 @@ def _run(args: argparse.Namespace) -> int:
             tenant=args.tenant,
             buckets=tuple(args.bucket or ("default",)),
             limits=limits,
+            wasi=args.wasi,
         )
         export = args.call
         if export is None:

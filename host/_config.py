@@ -85,6 +85,8 @@ class PluginConfig:
     limits: Limits
     build: tuple[str, ...] | None
     sources: tuple[str, ...]
+    wasi: bool = False
+    config: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -400,6 +402,11 @@ def _plugin(table: _Reader, name: str, root: Path, tenants: dict[str, kv.Quota])
     deadline = table.get("deadline_ms", int, None, _positive)
     fuel = table.get("fuel", int, None, _positive)
     table_elements = table.get("table_elements", int, None, _positive)
+    wasi = bool(table.get("wasi", bool, False))
+    plugin_config = table.get("config", dict, {}) or {}
+    for key, value in plugin_config.items():
+        if not isinstance(value, str):
+            raise table.error(f"{table.key('config')}.{key}", f"must be a string, got {_kind(value)}")
     build = _command(table)
     sources = table.get("sources", list, []) or []
     if not all(isinstance(pattern, str) for pattern in sources):
@@ -426,6 +433,8 @@ def _plugin(table: _Reader, name: str, root: Path, tenants: dict[str, kv.Quota])
         limits=limits,
         build=build,
         sources=tuple(sources),
+        wasi=wasi,
+        config=dict(plugin_config),
     )
 
 

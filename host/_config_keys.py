@@ -50,6 +50,8 @@ _KEYS: Final = (
     ConfigKey("plugins.NAME", "deadline_ms", "integer", "1000", "wall-clock limit of one call"),
     ConfigKey("plugins.NAME", "fuel", "integer", "none (unmetered)", "instruction budget of one call"),
     ConfigKey("plugins.NAME", "table_elements", "integer", "65536", "the most elements its table may hold"),
+    ConfigKey("plugins.NAME", "config", "table of strings", "{}", "what an Extism plugin reads with `config_get`"),
+    ConfigKey("plugins.NAME", "wasi", "boolean", "false", "lets it import WASI preview 1 (clocks, random, stdout/stderr to its log; no files, env or args)"),
     ConfigKey("plugins.NAME", "build", "string or array of strings", "none", 'command that builds it, run in the file\'s directory ("python" is wasmkv\'s own)'),
     ConfigKey("plugins.NAME", "sources", "array of strings", "[]", "globs `wasmkv dev` watches; a change runs `build`"),
 )  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Mapping
 
 from .. import kv
 from ._cache import ModuleCache
@@ -57,7 +58,13 @@ class Host:
         try:
             for plugin in config.plugins.values():
                 host.load(
-                    plugin.file, name=plugin.name, tenant=plugin.tenant, buckets=plugin.buckets, limits=plugin.limits
+                    plugin.file,
+                    name=plugin.name,
+                    tenant=plugin.tenant,
+                    buckets=plugin.buckets,
+                    limits=plugin.limits,
+                    wasi=plugin.wasi,
+                    config=plugin.config,
                 )
         except BaseException:
             host.close()
@@ -66,13 +73,14 @@ class Host:
 
     # -- plugins --------------------------------------------------------------------------------
 
-    def compile(self, source: Source, *, name: str, limits: Limits) -> Version:
+    def compile(self, source: Source, *, name: str, limits: Limits, wasi: bool = False) -> Version:
         """Compile and check a module for plugin `name`, without loading it.
 
         Raises:
-            LoadError: if it is not WebAssembly, breaks the ABI, or starts over its memory limit.
+            LoadError: if it is not WebAssembly, breaks the ABI (imports WASI without `wasi`),
+                or starts over its memory limit.
         """
-        return Version(self.sandbox.compile(source, name=name, limits=limits))
+        return Version(self.sandbox.compile(source, name=name, limits=limits, wasi=wasi))
 
     def load(
         self,
@@ -82,11 +90,18 @@ class Host:
         tenant: kv.Tenant | str,
         buckets: tuple[str, ...] | list[str] = ("default",),
         limits: Limits | None = None,
+        wasi: bool = False,
+        config: Mapping[str, str] | None = None,
     ) -> Plugin:
         """Load a plugin, bound to `tenant`, allowed to open only `buckets`.
 
         `tenant` is a `kv.Tenant` (with its quota) or a tenant name (default
-        quota). Loading a name already loaded replaces that plugin.
+        quota). Loading a name already loaded replaces that plugin. `wasi=True`
+        lets the module import WASI preview 1: clocks, random, and stdout and
+        stderr as lines of its log; no files, environment, arguments or
+        sockets, and its sleeps end with the call's deadline. `config` is what
+        an Extism plugin reads with `config_get` (its vars live in the
+        tenant's bucket `extism`, as `<plugin>/<var>`, granted or not).
 
         Raises:
             LoadError: if the module cannot be loaded (see `compile`) or fails to instantiate.
@@ -99,8 +114,14 @@ class Host:
         if isinstance(tenant, str):
             tenant = self.store.tenant(tenant)
         granted = frozenset(kv.check_name("bucket", bucket) for bucket in buckets)
-        version = self.compile(source, name=name, limits=limits)
-        grant = Grant(name, tenant, granted, limits, logging.getLogger(f"wasmkv.plugin.{name}"))
+        if type(wasi) is not bool:
+            raise TypeError(f"wasi must be True or False, got {wasi!r}")
+        config = dict(config or {})
+        if not all(type(key) is str and type(value) is str for key, value in config.items()):
+            raise TypeError("config must map str names to str values")
+        version = self.compile(source, name=name, limits=limits, wasi=wasi)
+        logger = logging.getLogger(f"wasmkv.plugin.{name}")
+        grant = Grant(name, tenant, granted, limits, logger, wasi=wasi, config=config)
         plugin = Plugin(self.sandbox, grant, version)
         with self._lock:
             old = self._plugins.get(name)

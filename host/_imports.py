@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from typing import Final
 
 import msgpack
 
 from .. import kv
-from ..abi import HOST_MODULE, KV_MODULE, LIST_MAX_LIMIT, Status
+from ..abi import ENV_MODULE, HOST_MODULE, KV_MODULE, LIST_MAX_LIMIT, Status
 from ._errors import AbiStatusError
 from ._ffi import GuestMemory, RawCallback, Slots
 from ._limits import Limits
@@ -29,6 +30,9 @@ _I32_MAX: Final = 2**31 - 1
 _LOG_LEVELS: Final = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
 #: What one call may write to its plugin's log; past it, one "truncated" line and nothing more.
 LOG_BYTES_PER_CALL: Final = 64 * 1024
+#: The most of an abort message or file name read from the guest (a hostile length is cut here).
+_ABORT_TEXT_BYTES: Final = 2048
+_ABORT_TEXT_CHARS: Final = 1024
 _monotonic = time.monotonic
 
 
@@ -41,6 +45,10 @@ class Grant:
     buckets: frozenset[str]
     limits: Limits
     logger: logging.Logger
+    #: Whether the plugin may import WASI preview 1 (see `host._wasi`).
+    wasi: bool = False
+    #: What an Extism plugin reads with `config_get` (see `host._extism`).
+    config: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 class StartFunctionCall(Exception):
@@ -49,6 +57,10 @@ class StartFunctionCall(Exception):
 
 class CallDeadline(Exception):
     """An import was called after the call's deadline: the call ends as a timeout."""
+
+
+class GuestAbort(Exception):
+    """The guest's runtime aborted (AssemblyScript's `abort`): the call traps with this message."""
 
 
 class PluginLog:
@@ -169,7 +181,7 @@ class AbiImports:
 
     def bodies(self) -> dict[tuple[str, str], RawCallback]:
         """Every import body, by (module, name); each checks the call's deadline first."""
-        timed = self._timed
+        timed = self.timed
         return {
             (KV_MODULE, "open"): timed(self._open),
             (KV_MODULE, "get"): self._get,  # the hot path checks the deadline inline
@@ -187,9 +199,12 @@ class AbiImports:
             (HOST_MODULE, "input"): timed(self._input),
             (HOST_MODULE, "output"): timed(self._output),
             (HOST_MODULE, "log"): timed(self._log),
+            (ENV_MODULE, "abort"): self._abort,
         }
 
-    def _timed(self, body: RawCallback) -> RawCallback:
+    def timed(self, body: RawCallback) -> RawCallback:
+        """`body`, first ending the call if its deadline has passed (every import is wrapped so)."""
+
         def timed(slots: Slots) -> int | None:
             # The epoch ends a call inside wasm; this ends one that spends its time calling imports.
             if _monotonic() > self.deadline:
@@ -417,3 +432,22 @@ class AbiImports:
         log.write(
             _LOG_LEVELS.get(s[0], logging.INFO), self.memory.view[pointer : pointer + take].tobytes(), cut=take < length
         )
+
+    # -- env imports (toolchains' runtimes) -----------------------------------------------------
+
+    def _abort(self, s: Slots) -> None:
+        message, file = self._as_string(s[0]), self._as_string(s[4])
+        raise GuestAbort(f"abort: {message or 'no message'} at {file or '?'}:{s[8]}:{s[12]}")
+
+    def _as_string(self, pointer: int) -> str:
+        """An AssemblyScript string (UTF-16LE, its byte length in the u32 before it), escaped and cut short."""
+        memory = self.memory
+        if pointer < 4 or not memory.fits(pointer - 4, 4):
+            return ""
+        size = int.from_bytes(memory.view[pointer - 4 : pointer], "little")
+        size = min(size, _ABORT_TEXT_BYTES) & ~1
+        if not memory.fits(pointer, size):
+            return ""
+        text = safe_text(memory.view[pointer : pointer + size].tobytes().decode("utf-16-le", "replace").encode())
+        # Escapes lengthen text (a NUL is four characters): the cap holds for what is shown.
+        return text if len(text) <= _ABORT_TEXT_CHARS else text[:_ABORT_TEXT_CHARS] + "..."

@@ -12,16 +12,29 @@ from collections.abc import Callable
 
 import wasmtime
 
-from ..abi import HOST_IMPORTS, KV_IMPORTS, KV_MODULE, MEMORY_EXPORT
+from ..abi import (
+    ENV_IMPORTS,
+    ENV_MODULE,
+    HOST_IMPORTS,
+    INITIALIZE_EXPORT,
+    KV_IMPORTS,
+    KV_MODULE,
+    MEMORY_EXPORT,
+    WASI_MODULE,
+)
 from ._errors import LoadError
-from ._ffi import ExportFunc, GuestMemory, define_unchecked
-from ._imports import AbiImports, CallDeadline, Grant, StartFunctionCall
+from ._extism import EXTISM_IMPORTS, EXTISM_MODULE, KERNEL_FUNCTIONS, ExtismKernel
+from ._ffi import ExportFunc, GuestMemory, Slots, define_unchecked
+from ._imports import AbiImports, CallDeadline, Grant, GuestAbort, StartFunctionCall
 from ._limits import MAX_MEMORIES, MAX_TABLES
 from ._sandbox import Compiled, Sandbox
+from ._wasi import POLL_ONEOFF, WasiStreams, poll_oneoff, wasi_config
 
 __all__ = ["Instance", "trap_reason"]
 
 _log = logging.getLogger("wasmkv.host")
+
+_SIGNATURES = {KV_MODULE: KV_IMPORTS, ENV_MODULE: ENV_IMPORTS, EXTISM_MODULE: EXTISM_IMPORTS}
 
 
 def trap_reason(exc: Exception) -> str:
@@ -44,7 +57,8 @@ class Instance:
     def __init__(self, compiled: Compiled, grant: Grant, sandbox: Sandbox) -> None:
         self.grant = grant
         self.sandbox = sandbox
-        self.store = sandbox.new_store(compiled.engine, grant.limits)
+        # An Extism plugin's kernel is a second instance, with a second memory, in the same store.
+        self.store = sandbox.new_store(compiled.engine, grant.limits, kernel=compiled.info.extism)
         self.linker = wasmtime.Linker(compiled.engine)
         self.imports = AbiImports(grant)
         # Set when an import body hit a host bug: the call traps and the caller gets it as the cause.
@@ -52,14 +66,26 @@ class Instance:
         # Set when an import was called past the call's deadline: the trap is a timeout.
         self.timed_out = False
         self._callbacks: list[object] = []
+        self.wasi: WasiStreams | None = None
         bodies = self.imports.bodies()
+        self.extism: ExtismKernel | None = None
+        if compiled.info.extism:
+            self.extism = ExtismKernel(self.store, compiled.engine, self.imports)
+            timed = self.imports.timed
+            bodies.update({(EXTISM_MODULE, name): timed(body) for name, body in self.extism.bodies().items()})
         try:
             for module_name, name in compiled.info.imports:
-                signature = (KV_IMPORTS if module_name == KV_MODULE else HOST_IMPORTS)[name]
+                if module_name == EXTISM_MODULE and name in KERNEL_FUNCTIONS:
+                    assert self.extism is not None
+                    self.linker.define(self.store, module_name, name, self.extism.functions[name])
+                    continue
+                signature = _SIGNATURES.get(module_name, HOST_IMPORTS)[name]
                 on_error = self._on_error(f"{module_name}.{name}")
                 self._callbacks.append(
                     define_unchecked(self.linker, module_name, name, signature, bodies[module_name, name], on_error)
                 )
+            if compiled.info.wasi:
+                self._link_wasi()
         except wasmtime.WasmtimeError as exc:
             self.close()
             raise LoadError(f"plugin {grant.plugin!r} cannot link its imports: {exc}") from exc
@@ -85,6 +111,44 @@ class Instance:
             func = exports[export]
             assert isinstance(func, wasmtime.Func)
             self.entry[export] = ExportFunc(self.store, func)
+        if compiled.info.initialize:
+            self._initialize(exports[INITIALIZE_EXPORT])
+
+    def _link_wasi(self) -> None:
+        """WASI preview 1 with nothing opened (see `host._wasi`), its sleeps bounded by the call."""
+        self.wasi = WasiStreams(self.imports.log)
+        self.store.set_wasi(wasi_config(self.wasi))
+        self.linker.define_wasi()
+        self.linker.allow_shadowing = True
+        imports = self.imports
+
+        def poll(s: Slots) -> int:
+            return poll_oneoff(imports, s)
+
+        name, signature = POLL_ONEOFF
+        on_error = self._on_error(f"{WASI_MODULE}.{name}")
+        self._callbacks.append(
+            define_unchecked(self.linker, WASI_MODULE, name, signature, imports.timed(poll), on_error)
+        )
+
+    def _initialize(self, func: object) -> None:
+        """Run the module's `_initialize` once (a reactor's constructors), within the call limits.
+
+        Raises:
+            LoadError: if it traps or runs out of time or fuel.
+        """
+        assert isinstance(func, wasmtime.Func)
+        limits = self.grant.limits
+        self.imports.begin_call(b"", limits.deadline_ms)
+        self.sandbox.arm(self.store, limits)
+        try:
+            func(self.store)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            self.close()
+            raise LoadError(f"plugin {self.grant.plugin!r} failed in {INITIALIZE_EXPORT}: {trap_reason(exc)}") from exc
+        finally:
+            if self.wasi is not None:
+                self.wasi.flush()
 
     def run(self, func: ExportFunc, input: bytes, deadline_ms: int) -> int:
         """Run entry point `func` with `input` for at most `deadline_ms`, within the grant's fuel; its status.
@@ -94,21 +158,36 @@ class Instance:
         """
         limits = self.grant.limits
         self.imports.begin_call(input, deadline_ms)
+        if self.extism is not None:
+            self.extism.begin_call(input)
         self.host_error = None
         self.timed_out = False
         if limits.fuel is not None:
             self.store.set_fuel(limits.fuel)
-        return func(self.sandbox.deadline_ticks_for(deadline_ms))
+        try:
+            return func(self.sandbox.deadline_ticks_for(deadline_ms))
+        finally:
+            if self.wasi is not None:
+                self.wasi.flush()
 
     @property
     def output(self) -> bytes:
-        """What the current (or last) call wrote with `host.output`."""
+        """What the current (or last) call wrote with `host.output` (an Extism plugin: `output_set`)."""
+        if self.extism is not None:
+            return self.extism.output
         return bytes(self.imports.output)
+
+    @property
+    def error(self) -> str | None:
+        """The error message the current (or last) call set (Extism's `error_set`), if any."""
+        return None if self.extism is None else self.extism.error
 
     def close(self) -> None:
         """Release the wasmtime store; the instance must not run again."""
         if isinstance(self.imports.memory, GuestMemory):
             self.imports.memory.release()
+        if self.extism is not None:
+            self.extism.release()
         self.store.close()
         self.linker.close()
 
@@ -120,6 +199,8 @@ class Instance:
             if isinstance(exc, CallDeadline):
                 self.timed_out = True
                 return b"deadline"
+            if isinstance(exc, GuestAbort):
+                return str(exc).encode()
             if isinstance(exc, StartFunctionCall):
                 return f"{where} was called from the module's start function; imports are unavailable there".encode()
             # Anything else is a host bug: trap this call, keep it for the caller, never crash.

@@ -8,8 +8,20 @@ from typing import Final
 
 import wasmtime
 
-from ..abi import ENTRY_SIGNATURE, HOST_IMPORTS, HOST_MODULE, KV_IMPORTS, KV_MODULE, MEMORY_EXPORT
+from ..abi import (
+    ENTRY_SIGNATURE,
+    ENV_IMPORTS,
+    ENV_MODULE,
+    HOST_IMPORTS,
+    HOST_MODULE,
+    INITIALIZE_EXPORT,
+    KV_IMPORTS,
+    KV_MODULE,
+    MEMORY_EXPORT,
+    WASI_MODULE,
+)
 from ._errors import LoadError
+from ._extism import EXTISM_IMPORTS, EXTISM_MODULE
 from ._limits import MAX_FUNCTIONS, MAX_GLOBALS, MAX_MODULE_BYTES, MAX_SEGMENTS, Limits
 from ._text import safe_name
 
@@ -22,16 +34,23 @@ Signature = tuple[tuple[str, ...], tuple[str, ...]]
 _PROVIDED: dict[tuple[str, str], Signature] = {
     **{(KV_MODULE, name): sig for name, sig in KV_IMPORTS.items()},
     **{(HOST_MODULE, name): sig for name, sig in HOST_IMPORTS.items()},
+    **{(ENV_MODULE, name): sig for name, sig in ENV_IMPORTS.items()},
+    **{(EXTISM_MODULE, name): sig for name, sig in EXTISM_IMPORTS.items()},
 }
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ModuleInfo:
-    """What the check learnt of a module: its sha256, entry points and the (distinct) imports it needs."""
+    """What the check learnt of a module: its sha256, entry points, the (distinct) imports the host
+    links one by one, whether it needs WASI, and whether it exports `_initialize`."""
 
     sha256: str
     entry_points: tuple[str, ...]
     imports: tuple[tuple[str, str], ...]
+    wasi: bool = False
+    initialize: bool = False
+    #: Whether it imports Extism's kernel (`extism:host/env`): an Extism plugin.
+    extism: bool = False
 
 
 def signature(functype: wasmtime.FuncType) -> Signature:
@@ -95,20 +114,33 @@ def check_binary(wasm: bytes, name: str, label: str) -> None:
         return
 
 
-def check_module(module: wasmtime.Module, wasm: bytes, *, name: str, limits: Limits) -> ModuleInfo:
+def check_module(module: wasmtime.Module, wasm: bytes, *, name: str, limits: Limits, wasi: bool = False) -> ModuleInfo:
     """Check a compiled module against the ABI and the plugin's limits.
+
+    `wasi` says the plugin was loaded with WASI: then it may import
+    `wasi_snapshot_preview1` functions (the linker checks their types).
 
     Raises:
         LoadError: if it imports anything the ABI does not provide or with the
-            wrong signature, does not export `memory`, or starts with more
-            memory than `limits.memory_bytes`.
+            wrong signature (WASI without `wasi`), does not export `memory`, or
+            starts with more memory than `limits.memory_bytes`.
     """
     imports: dict[tuple[str, str], None] = {}
+    uses_wasi = False
     for imp in module.imports:
         key = (imp.module, imp.name or "")
         provided = _PROVIDED.get(key)
         # The module's own names are escaped before they reach a message: a module is hostile input.
         imported = safe_name(f"{imp.module}.{imp.name}")
+        if imp.module == WASI_MODULE:
+            if not wasi:
+                raise LoadError(
+                    f"plugin {name!r} imports {imported}: it is a WASI module; load it with WASI enabled "
+                    f"(Host.load(..., wasi=True), wasi = true under [plugins.{name}] in wasmkv.toml, "
+                    "or wasmkv run --wasi)"
+                )
+            uses_wasi = True
+            continue
         if provided is None:
             raise LoadError(f"plugin {name!r} imports {imported}, which the wasmkv ABI does not provide")
         ty = imp.type
@@ -132,4 +164,12 @@ def check_module(module: wasmtime.Module, wasm: bytes, *, name: str, limits: Lim
         for export, ty in exports.items()
         if isinstance(ty, wasmtime.FuncType) and signature(ty) == ENTRY_SIGNATURE
     )
-    return ModuleInfo(hashlib.sha256(wasm).hexdigest(), tuple(entry_points), tuple(imports))
+    initialize = exports.get(INITIALIZE_EXPORT)
+    return ModuleInfo(
+        hashlib.sha256(wasm).hexdigest(),
+        tuple(entry_points),
+        tuple(imports),
+        wasi=uses_wasi,
+        initialize=isinstance(initialize, wasmtime.FuncType) and signature(initialize) == ((), ()),
+        extism=any(module_name == EXTISM_MODULE for module_name, _ in imports),
+    )

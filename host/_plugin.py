@@ -23,7 +23,7 @@ from ._imports import Grant
 from ._instance import Instance, trap_reason
 from ._limits import Limits
 from ._sandbox import Compiled, Sandbox, Source
-from ._text import safe_name
+from ._text import safe_name, safe_text
 
 __all__ = ["Plugin", "Version"]
 
@@ -129,14 +129,18 @@ class Plugin:
             output = instance.output
             host_error = instance.host_error
             timed_out = instance.timed_out
+            error = instance.error
             instance.close()
             version.instance = None
-            raise self._trap_error(export, exc, output, timed_out=timed_out) from host_error or exc
+            raise self._trap_error(export, exc, output, timed_out=timed_out, error=error) from host_error or exc
         output = instance.output
         instance.imports.output = bytearray()  # the call's output is the caller's now: release it
-        if status != 0:
+        error = instance.error
+        # An Extism plugin fails its call by setting an error, whatever it returns (as Extism does).
+        if status != 0 or error is not None:
+            said = "" if error is None else f" and set the error: {safe_text(error.encode())}"
             raise PluginStatusError(
-                f"plugin {self.name!r} export {export!r} returned status {describe_status(status)}",
+                f"plugin {self.name!r} export {export!r} returned status {describe_status(status)}{said}",
                 plugin=self.name,
                 export=export,
                 status=status,
@@ -144,7 +148,9 @@ class Plugin:
             )
         return output
 
-    def _trap_error(self, export: str, exc: Exception, output: bytes, *, timed_out: bool) -> PluginTrap:
+    def _trap_error(
+        self, export: str, exc: Exception, output: bytes, *, timed_out: bool, error: str | None = None
+    ) -> PluginTrap:
         code = exc.trap_code if isinstance(exc, wasmtime.Trap) else None
         if code == wasmtime.TrapCode.INTERRUPT or timed_out:
             return PluginTimeout(
@@ -163,6 +169,8 @@ class Plugin:
                 output=output,
             )
         reason = trap_reason(exc)
+        if error is not None:  # an Extism plugin said why before it trapped (its runtime's abort)
+            reason = f"{safe_text(error.encode())} ({reason})"
         return PluginTrap(
             f"plugin {self.name!r} export {export!r} trapped: {reason}",
             plugin=self.name,
@@ -182,7 +190,7 @@ class Plugin:
             LoadError: if the new module does not compile, breaks the ABI or
                 fails to instantiate; the old version keeps serving.
         """
-        version = Version(self._sandbox.compile(source, name=self.name, limits=self.limits))
+        version = Version(self._sandbox.compile(source, name=self.name, limits=self.limits, wasi=self._grant.wasi))
         with version.lock:
             version.instance = Instance(version.compiled, self._grant, self._sandbox)
         with self._reload_lock:

@@ -166,15 +166,19 @@ class Sandbox:
         # +1: the current tick may be about to end.
         return math.ceil(deadline_ms / EPOCH_TICK_MS) + 1
 
-    def new_store(self, engine: wasmtime.Engine, limits: Limits) -> wasmtime.Store:
-        """A wasmtime store for one plugin instance, with every resource it may create capped."""
+    def new_store(self, engine: wasmtime.Engine, limits: Limits, *, kernel: bool = False) -> wasmtime.Store:
+        """A wasmtime store for one plugin instance, with every resource it may create capped.
+
+        `kernel` leaves room for the Extism kernel's instance and memory (`host._extism`),
+        which the host creates; the plugin's own module is still held to one memory.
+        """
         store = wasmtime.Store(engine)
         store.set_limits(
             memory_size=limits.memory_bytes,
             table_elements=limits.table_elements,
-            instances=MAX_INSTANCES,
+            instances=MAX_INSTANCES + kernel,
             tables=MAX_TABLES,
-            memories=MAX_MEMORIES,
+            memories=MAX_MEMORIES + kernel,
         )
         return store
 
@@ -184,8 +188,8 @@ class Sandbox:
         if limits.fuel is not None:
             store.set_fuel(limits.fuel)
 
-    def compile(self, source: Source, *, name: str, limits: Limits) -> Compiled:
-        """Compile and check a module for plugin `name`.
+    def compile(self, source: Source, *, name: str, limits: Limits, wasi: bool = False) -> Compiled:
+        """Compile and check a module for plugin `name` (which may import WASI if `wasi`).
 
         Raises:
             LoadError: if it is not WebAssembly, breaks the ABI, or starts over its memory limit.
@@ -201,7 +205,7 @@ class Sandbox:
                 module = wasmtime.Module(engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise _compile_error(name, label, exc) from exc
-        return Compiled(engine, module, check_module(module, wasm, name=name, limits=limits))
+        return Compiled(engine, module, check_module(module, wasm, name=name, limits=limits, wasi=wasi))
 
     def close(self) -> None:
         """Stop the epoch ticker; idempotent."""

@@ -1,11 +1,18 @@
-"""Build every sample plugin to plugins/build/<name>.wasm.
+"""Build the sample plugins to plugins/build/<name>.wasm.
 
-Usage: python plugins/build.py  (from any directory)
+Usage: python plugins/build.py [--all]  (from any directory)
 
 Each plugins/<name>.c is built with wasmkv.h and each plugins/<name>.zig with
 wasmkv.zig, both with the Zig toolchain of the running interpreter
-(`python -m ziglang`). Prints one line per plugin and exits non-zero if any
-build fails.
+(`python -m ziglang`), for wasm32-freestanding; each plugins/wasi/<name>.c for
+wasm32-wasi as a reactor (libc included, loaded with `wasi=True`). That needs
+nothing but the Python packages, so `make demo` stays quick.
+
+`--all` then runs the builds of the other toolchains, each a script of its own
+folder (plugins/<toolchain>/build.py: Rust with Debian's toolchain,
+AssemblyScript and Extism's PDK from npm), which install what they need.
+
+Prints one line per plugin and exits non-zero if any build fails.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ GUEST = ROOT / "abi" / "guest"
 OUT = PLUGINS / "build"
 # Not plugin sources: everything else in plugins/ must be one.
 NOT_PLUGINS = {"build.py", "README.md", "build", "__pycache__"}
+#: Folders whose plugins other toolchains build (`--all`), each with its own build.py.
+TOOLCHAINS = ("rust", "assemblyscript", "extism")
+WASI = PLUGINS / "wasi"
 
 ZIG = [sys.executable, "-m", "ziglang"]
 
@@ -66,11 +76,49 @@ def zig_command(src: Path, out: Path) -> list[str]:
     ]
 
 
+def wasi_c_command(src: Path, out: Path) -> list[str]:
+    return [
+        *ZIG,
+        "cc",
+        "--target=wasm32-wasi",
+        "-mexec-model=reactor",
+        "-Oz",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-Wl,--export-dynamic",
+        "-Wl,--strip-all",
+        f"-I{GUEST}",
+        "-o",
+        str(out),
+        str(src),
+    ]
+
+
 COMMANDS = {".c": c_command, ".zig": zig_command}
 
 
+def build(src: Path, command: list[str], out: Path) -> bool:
+    """Run one build; print its line; True if it made `out`."""
+    out.unlink(missing_ok=True)
+    start = time.perf_counter()
+    result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=OUT)
+    ms = (time.perf_counter() - start) * 1000
+    if result.returncode == 0 and out.is_file():
+        print(f"{src.stem:<12} {out.stat().st_size:>7} bytes {ms:>7.0f} ms", flush=True)
+        return True
+    print(f"{src.stem:<12} {'FAILED':>13} {ms:>7.0f} ms", flush=True)
+    sys.stderr.write(result.stdout + result.stderr)
+    return False
+
+
 def main() -> int:
-    entries = sorted(p for p in PLUGINS.iterdir() if p.name not in NOT_PLUGINS)
+    everything = sys.argv[1:] == ["--all"]
+    if sys.argv[1:] and not everything:
+        print("usage: python plugins/build.py [--all]", file=sys.stderr)
+        return 2
+    skip = NOT_PLUGINS | {"wasi", *TOOLCHAINS}
+    entries = sorted(p for p in PLUGINS.iterdir() if p.name not in skip)
     unknown = [p.name for p in entries if p.suffix not in COMMANDS or not p.is_file()]
     if unknown:
         print(f"not a plugin source (expected <name>.c or <name>.zig): {', '.join(unknown)}", file=sys.stderr)
@@ -83,16 +131,17 @@ def main() -> int:
     failed = []
     for src in entries:
         out = OUT / f"{src.stem}.wasm"
-        out.unlink(missing_ok=True)
-        start = time.perf_counter()
-        result = subprocess.run(COMMANDS[src.suffix](src, out), check=False, capture_output=True, text=True, cwd=OUT)
-        ms = (time.perf_counter() - start) * 1000
-        if result.returncode == 0 and out.is_file():
-            print(f"{src.stem:<12} {out.stat().st_size:>7} bytes {ms:>7.0f} ms", flush=True)
-        else:
+        if not build(src, COMMANDS[src.suffix](src, out), out):
             failed.append(src.name)
-            print(f"{src.stem:<12} {'FAILED':>13} {ms:>7.0f} ms", flush=True)
-            sys.stderr.write(result.stdout + result.stderr)
+    for src in sorted(WASI.glob("*.c")):
+        out = OUT / f"{src.stem}.wasm"
+        if not build(src, wasi_c_command(src, out), out):
+            failed.append(f"wasi/{src.name}")
+    if everything:
+        for toolchain in TOOLCHAINS:
+            script = PLUGINS / toolchain / "build.py"
+            if script.is_file() and subprocess.run([sys.executable, str(script)], check=False).returncode != 0:
+                failed.append(f"{toolchain}/")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1

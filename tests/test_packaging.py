@@ -91,7 +91,9 @@ def test_wasmkv_sdk_points_into_the_installed_package_and_builds_a_plugin(instal
     wasmkv = installed / "bin" / "wasmkv"
     listing = subprocess.run([str(wasmkv), "sdk"], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     sdks = dict(line.split("\t") for line in listing.splitlines())
-    assert set(sdks) >= {"c", "zig"}
+    assert set(sdks) == {"c", "zig", "rust", "assemblyscript"}
+    assert (Path(sdks["rust"]) / "Cargo.toml").is_file() and (Path(sdks["rust"]) / "src" / "lib.rs").is_file()
+    assert Path(sdks["assemblyscript"]).is_file()
     include = subprocess.run([str(wasmkv), "sdk", "c"], capture_output=True, text=True, check=True).stdout.strip()
     assert include == sdks["c"]
     assert str(installed) in include
