@@ -52,6 +52,9 @@ lint: $(STAMP)
 bench: plugins
 	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_scan.py
+	$(BIN)/python plugins/build.py --all
+	$(BIN)/python bench/bench_wasi.py
+	$(BIN)/python bench/bench_extism.py
 	$(BIN)/python bench/bench_host.py
 	$(BIN)/python bench/bench_dev.py
 	$(BIN)/python bench/bench_sandbox.py

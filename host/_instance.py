@@ -28,7 +28,7 @@ from ._ffi import ExportFunc, GuestMemory, Slots, define_unchecked
 from ._imports import AbiImports, CallDeadline, Grant, GuestAbort, StartFunctionCall
 from ._limits import MAX_MEMORIES, MAX_TABLES
 from ._sandbox import Compiled, Sandbox
-from ._wasi import POLL_ONEOFF, WasiStreams, poll_oneoff, wasi_config
+from ._wasi import FD_WRITE, POLL_ONEOFF, WasiStreams, fd_write, poll_oneoff, wasi_config
 
 __all__ = ["Instance", "trap_reason"]
 
@@ -122,14 +122,19 @@ class Instance:
         self.linker.allow_shadowing = True
         imports = self.imports
 
+        streams = self.wasi
+
         def poll(s: Slots) -> int:
             return poll_oneoff(imports, s)
 
-        name, signature = POLL_ONEOFF
-        on_error = self._on_error(f"{WASI_MODULE}.{name}")
-        self._callbacks.append(
-            define_unchecked(self.linker, WASI_MODULE, name, signature, imports.timed(poll), on_error)
-        )
+        def write(s: Slots) -> int:
+            return fd_write(imports, streams, s)
+
+        for (name, signature), body in ((POLL_ONEOFF, poll), (FD_WRITE, write)):
+            on_error = self._on_error(f"{WASI_MODULE}.{name}")
+            self._callbacks.append(
+                define_unchecked(self.linker, WASI_MODULE, name, signature, imports.timed(body), on_error)
+            )
 
     def _initialize(self, func: object) -> None:
         """Run the module's `_initialize` once (a reactor's constructors), within the call limits.

@@ -233,3 +233,79 @@ def test_the_documented_wasi_build_line_makes_a_plugin(tmp_path: Path, wasm_host
     command = C_WASI_BUILD.replace("python", sys.executable, 1).split()
     subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, timeout=300)
     assert wasm_host.load(tmp_path / "greet.wasm", name="hi", tenant="acme", wasi=True).call("hi") == b"hi"
+
+
+WRITER = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "host" "input" (func $input (param i32 i32) (result i32)))
+  (import "host" "output" (func $output (param i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  ;; The input is (fd, iovs_ptr, iovs_len, nwritten_ptr) then anything, placed at 0.
+  (func (export "write") (result i32)
+    (drop (call $input (i32.const 0) (i32.const 131072)))
+    (i32.store (i32.const 131068)
+      (call $write (i32.load (i32.const 0)) (i32.load (i32.const 4))
+                   (i32.load (i32.const 8)) (i32.load (i32.const 12))))
+    (drop (call $output (i32.const 131068) (i32.const 4)))
+    (drop (call $output (i32.load (i32.const 12)) (i32.const 4)))
+    (i32.const 0)))
+"""
+
+
+def fd_write(
+    plugin: host.Plugin, fd: int, iovecs: list[tuple[int, int]], data: bytes = b"", **args: int
+) -> tuple[int, int]:
+    table = b"".join(struct.pack("<II", pointer, length) for pointer, length in iovecs)
+    head = struct.pack("<iiii", fd, args.get("iovs", 16), args.get("count", len(iovecs)), args.get("nwritten", 8))
+    out = plugin.call("write", head + table + data)
+    errno = struct.unpack("<i", out[:4])[0]
+    return errno, struct.unpack("<I", out[4:8])[0] if len(out) == 8 else -1
+
+
+@pytest.fixture
+def writer(wasm_host: host.Host) -> host.Plugin:
+    return wasm_host.load(WRITER, name="writer", tenant="acme", wasi=True)
+
+
+def test_fd_write_logs_stdout_and_stderr_and_refuses_other_descriptors(
+    writer: host.Plugin, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="wasmkv.plugin.writer"):
+        data_at = 16 + 2 * 8  # after the header and two iovecs
+        assert fd_write(writer, 1, [(data_at, 6), (data_at + 6, 4)], b"hello world\n") == (0, 10)
+        data_at = 16 + 8
+        assert fd_write(writer, 2, [(data_at, 12)], b"oops\nsecond\n") == (0, 12)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "hello worl"),  # an unfinished line is logged when the call ends
+        (logging.WARNING, "oops"),
+        (logging.WARNING, "second"),
+    ]
+    for fd in (0, 3, 4, -1, 2**31 - 1):
+        assert fd_write(writer, fd, [(24, 1)], b"x")[0] == 8  # EBADF
+
+
+@pytest.mark.parametrize(
+    ("iovecs", "args", "errno"),
+    [
+        ([(0, 1)], {"count": 100_000}, 28),  # EINVAL: more iovecs than IOV_MAX
+        ([(0, 1)], {"count": -1}, 28),
+        ([(131_000, 10_000)], {}, 21),  # EFAULT: a buffer past the memory
+        ([(0, 1)], {"iovs": 131_070}, 21),  # the iovec table past the memory
+        ([(0, 1)], {"nwritten": 131_071}, 21),
+        ([(0, 2**32 - 1)], {}, 21),
+    ],
+)
+def test_fd_write_refuses_hostile_arguments(
+    writer: host.Plugin, iovecs: list[tuple[int, int]], args: dict[str, int], errno: int
+) -> None:
+    assert fd_write(writer, 1, iovecs, **args)[0] == errno
+
+
+def test_a_megabyte_line_is_logged_no_further_than_the_cap(
+    writer: host.Plugin, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="wasmkv.plugin.writer"):
+        # One 1000-iovec write of the same 120 KiB buffer: ~120 MB claimed, a few KiB read.
+        errno, written = fd_write(writer, 1, [(4096, 120_000)] * 1000)
+    assert (errno, written) == (0, 120_000_000)
+    assert sum(len(r.getMessage()) for r in caplog.records) <= LOG_BYTES_PER_CALL + 200
