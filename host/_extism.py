@@ -32,6 +32,7 @@ import wasmtime
 from .. import kv
 from ._ffi import GuestMemory, RawCallback, Slots
 from ._imports import AbiImports, GuestAbort
+from ._text import safe_name
 
 __all__ = ["EXTISM_BUCKET", "EXTISM_IMPORTS", "EXTISM_MODULE", "KERNEL_FUNCTIONS", "ExtismKernel", "kernel_module"]
 
@@ -103,6 +104,10 @@ _kernels_lock = threading.Lock()
 _INPUT_LENGTH, _TOP, _LIMIT, _INPUT_OFFSET, _FIRST = 0, 8, 16, 24, 32
 _HEADER: Final = 16
 _MAGIC: Final = 0x45787469736D4B56
+#: The most of an error message (the rest is cut) or a config key (a longer one is refused) read
+#: from the kernel: a plugin picks their size.
+_ERROR_BYTES: Final = 4096
+_CONFIG_KEY_BYTES: Final = 1024
 _MASK64: Final = (1 << 64) - 1
 #: Extism's log levels, as `get_log_level` reports them (trace 0 .. error 4).
 _LEVELS: Final = ((logging.DEBUG - 5, 0), (logging.DEBUG, 1), (logging.INFO, 2), (logging.WARNING, 3))
@@ -161,6 +166,9 @@ class ExtismKernel:
         self._output = (0, 0)  # offset, length: read when the call ends, as Extism does
         self.error: str | None = None
         self._vars: kv.Bucket | None = None
+        # An empty kernel until the first call: a reactor's _initialize may allocate already.
+        header = (0, _FIRST, self.limit, 0)
+        self.memory.view[0:_FIRST] = b"".join(n.to_bytes(8, "little") for n in header)
 
     def release(self) -> None:
         """Drop the view of the kernel's memory (the store is closing)."""
@@ -231,25 +239,35 @@ class ExtismKernel:
         view[_TOP : _TOP + 8] = end.to_bytes(8, "little")
         return top + _HEADER
 
-    def _block(self, offset: int) -> bytes:
+    def _block(self, offset: int, most: int, what: str) -> bytes:
+        """The bytes of the block at `offset`, refused unread past `most` bytes (the plugin picks the size).
+
+        Raises:
+            GuestAbort: if no block starts at `offset`, or it is longer than `most`.
+        """
         length = self._length(offset)
         if length is None or not self.memory.fits(offset, length):
-            raise GuestAbort(f"extism offset {offset} is not an allocated block")
+            raise GuestAbort(f"extism {what}: offset {offset} is not an allocated block")
+        if length > most:
+            raise GuestAbort(f"extism {what} of {length} bytes is over the limit of {most}")
         return self.memory.view[offset : offset + length].tobytes()
 
     def _stored(self, data: bytes) -> int:
+        """A new block holding `data`; 0 if it is empty or does not fit."""
         offset = self._alloc(len(data))
         if offset:
             self.memory.view[offset : offset + len(data)] = data
         return offset
 
-    def _text(self, offset: int) -> str:
-        return self._block(offset).decode("utf-8", "replace")
+    def _text(self, offset: int, most: int, what: str) -> str:
+        return self._block(offset, most, what).decode("utf-8", "replace")
 
     # -- vars -----------------------------------------------------------------------------------
 
     def _var_key(self, offset: int) -> str:
-        return f"{self.plugin}/{self._text(offset)}"
+        # Read no more than a key may be: the store would refuse anything longer anyway.
+        most = self.imports.grant.tenant.quota.max_key_bytes
+        return f"{self.plugin}/{self._text(offset, most, 'var name')}"
 
     @property
     def vars(self) -> kv.Bucket:
@@ -282,13 +300,21 @@ class ExtismKernel:
 
         def error_set(s: Slots) -> None:
             offset = _arg(s, 0)
-            k.error = None if offset == 0 else k._text(offset)
+            if offset == 0:
+                k.error = None
+                return
+            length = k._length(offset)
+            if length is None or not k.memory.fits(offset, length):
+                raise GuestAbort(f"extism error_set: offset {offset} is not an allocated block")
+            # A message is for people: the first 4 KiB are enough, and bound what the error carries.
+            text = k.memory.view[offset : offset + min(length, _ERROR_BYTES)].tobytes().decode("utf-8", "replace")
+            k.error = text if length <= _ERROR_BYTES else text + "..."
 
         def error_get(s: Slots) -> None:
             _set_i64(s, 0 if k.error is None else k._stored(k.error.encode()))
 
         def config_get(s: Slots) -> None:
-            value = k.config.get(k._text(_arg(s, 0)))
+            value = k.config.get(k._text(_arg(s, 0), _CONFIG_KEY_BYTES, "config key"))
             _set_i64(s, 0 if not value else k._stored(value.encode()))
 
         def var_get(s: Slots) -> None:
@@ -296,7 +322,7 @@ class ExtismKernel:
             try:
                 value = k.vars.get(key)
             except kv.KvError as exc:
-                raise GuestAbort(f"extism var_get of {key!r} failed: {exc}") from exc
+                raise GuestAbort(f"extism var_get of {safe_name(repr(key))} failed: {exc}") from exc
             _set_i64(s, 0 if not value else k._stored(value))
 
         def var_set(s: Slots) -> None:
@@ -306,9 +332,10 @@ class ExtismKernel:
                 if value_offset == 0:
                     k.vars.delete(key)
                 else:
-                    k.vars.set(key, k._block(value_offset))
+                    most = k.imports.grant.tenant.quota.max_value_bytes
+                    k.vars.set(key, k._block(value_offset, most, "var value"))
             except kv.KvError as exc:
-                raise GuestAbort(f"extism var_set of {key!r} refused: {exc}") from exc
+                raise GuestAbort(f"extism var_set of {safe_name(repr(key))} refused: {exc}") from exc
 
         def http_request(s: Slots) -> None:
             raise GuestAbort("extism http_request is not available: wasmkv plugins have no network access")
@@ -321,9 +348,16 @@ class ExtismKernel:
 
         def logger(level: int) -> RawCallback:
             def log(s: Slots) -> None:
-                if k.imports.log.full:
+                log = k.imports.log
+                if log.full:
                     return
-                k.imports.log.write(level, k._block(_arg(s, 0))[: k.imports.log.room + 1])
+                offset = _arg(s, 0)
+                length = k._length(offset)
+                if length is None or not k.memory.fits(offset, length):
+                    raise GuestAbort(f"extism log: offset {offset} is not an allocated block")
+                # Never read more than the call may still log.
+                take = min(length, log.room)
+                log.write(level, k.memory.view[offset : offset + take].tobytes(), cut=take < length)
 
             return log
 

@@ -30,6 +30,8 @@ _I32_MAX: Final = 2**31 - 1
 _LOG_LEVELS: Final = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
 #: What one call may write to its plugin's log; past it, one "truncated" line and nothing more.
 LOG_BYTES_PER_CALL: Final = 64 * 1024
+#: What each record costs against that cap beyond its text (so at most 4096 records a call).
+LOG_RECORD_COST: Final = 16
 #: The most of an abort message or file name read from the guest (a hostile length is cut here).
 _ABORT_TEXT_BYTES: Final = 2048
 _ABORT_TEXT_CHARS: Final = 1024
@@ -93,8 +95,9 @@ class PluginLog:
             return
         text = safe_text(raw)
         room = self.room
-        self.written += len(text) + (room if cut else 0)
-        if cut or len(text) > room:
+        # A record costs more than its text: empty lines must not get past the cap for free.
+        self.written += len(text) + LOG_RECORD_COST + (room if cut else 0)
+        if cut or len(text) + LOG_RECORD_COST > room:
             # Escapes make text longer than the bytes it came from: the cap counts what is written.
             self.logger.log(level, "%s", text[:room])
             self.logger.warning("log truncated: this call wrote over %d bytes of log", LOG_BYTES_PER_CALL)

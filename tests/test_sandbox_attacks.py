@@ -490,3 +490,54 @@ def test_a_start_function_rerun_after_a_trap_counts_against_the_calls_deadline()
                 plugin.call("spin")
             # Start function and call share one 1 s deadline (it used to be one each: ~1.6 s).
             assert time.monotonic() - started < 1.0 + 0.4
+
+
+# An Extism plugin hands the host a 60 MiB kernel block of invalid UTF-8 as a var name, an error
+# message or a config key: once, the host copied and decoded it whole (+960 MiB, 4.3 s).
+EXTISM_BOMB = """(module
+  (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+  (import "extism:host/env" "store_u64" (func $store (param i64 i64)))
+  (import "extism:host/env" "var_get" (func $var_get (param i64) (result i64)))
+  (import "extism:host/env" "error_set" (func $error_set (param i64)))
+  (import "extism:host/env" "config_get" (func $config_get (param i64) (result i64)))
+  (import "extism:host/env" "log_error" (func $log (param i64)))
+  (memory (export "memory") 1)
+  (func $bomb (result i64) (local $o i64) (local $i i64)
+    (local.set $o (call $alloc (i64.const 62914560)))
+    (block $done (loop $fill (br_if $done (i64.ge_u (local.get $i) (i64.const 62914560)))
+      (call $store (i64.add (local.get $o) (local.get $i)) (i64.const 0x8080808080808080))
+      (local.set $i (i64.add (local.get $i) (i64.const 8))) (br $fill)))
+    (local.get $o))
+  (func (export "var") (result i32) (drop (call $var_get (call $bomb))) (i32.const 0))
+  (func (export "error") (result i32) (call $error_set (call $bomb)) (i32.const 0))
+  (func (export "config") (result i32) (drop (call $config_get (call $bomb))) (i32.const 0))
+  (func (export "log") (result i32) (call $log (call $bomb)) (i32.const 0)))
+"""
+
+
+def test_an_extism_plugin_cannot_make_the_host_copy_its_kernel_blocks_whole() -> None:
+    result = measured(
+        f"""
+        WAT = {EXTISM_BOMB!r}
+        with kv.KvStore.memory() as store, host.Host(store) as h:
+            p = h.load(WAT, name="bomb", tenant="evil", limits=host.Limits(deadline_ms=10_000))
+            p.call("log")  # warm up: the kernel memory is grown once
+            before = peak_mib()
+            RESULT["messages"] = {{}}
+            started = time.monotonic()
+            for export in ("var", "error", "config", "log"):
+                try:
+                    p.call(export)
+                    RESULT["messages"][export] = ""
+                except host.PluginError as exc:
+                    RESULT["messages"][export] = str(exc)
+            RESULT["seconds"] = time.monotonic() - started
+            RESULT["grew_mib"] = peak_mib() - before
+        """
+    )
+    messages = result["messages"]
+    assert "var name of 62914560 bytes is over the limit of 512" in messages["var"]
+    assert "config key of 62914560 bytes is over the limit of 1024" in messages["config"]
+    assert len(messages["error"]) < 4096 * 4 + 200  # the first 4 KiB, escaped
+    assert messages["log"] == ""
+    assert result["grew_mib"] < RSS_BOUND_MIB

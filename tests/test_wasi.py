@@ -18,7 +18,7 @@ import pytest
 from test_docs import C_WASI_BUILD
 
 from wasmkv import host, kv
-from wasmkv.host._imports import LOG_BYTES_PER_CALL
+from wasmkv.host._imports import LOG_BYTES_PER_CALL, LOG_RECORD_COST
 
 WASMKV = str(Path(sys.executable).parent / "wasmkv")
 
@@ -309,3 +309,10 @@ def test_a_megabyte_line_is_logged_no_further_than_the_cap(
         errno, written = fd_write(writer, 1, [(4096, 120_000)] * 1000)
     assert (errno, written) == (0, 120_000_000)
     assert sum(len(r.getMessage()) for r in caplog.records) <= LOG_BYTES_PER_CALL + 200
+
+
+def test_empty_lines_count_against_the_log_cap(writer: host.Plugin, caplog: pytest.LogCaptureFixture) -> None:
+    # 60,000 newlines in one write: each record costs more than its (empty) text.
+    with caplog.at_level(logging.INFO, logger="wasmkv.plugin.writer"):
+        assert fd_write(writer, 1, [(24, 60_000)], b"\n" * 60_000) == (0, 60_000)
+    assert len(caplog.records) <= LOG_BYTES_PER_CALL // LOG_RECORD_COST + 1  # 4097, not 60,000
