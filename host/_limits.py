@@ -47,6 +47,8 @@ class Limits:
     `memory_bytes` caps the plugin's linear memory, its only one (growth past
     it fails inside the plugin; a module that starts larger fails to load), and
     also what the host builds for it in one call (a reply, the call's output).
+    An Extism plugin also has the kernel's memory, capped the same way: up to
+    twice `memory_bytes` of wasm memory, plus its output.
     `table_elements` caps its table the same way. `deadline_ms` bounds each
     call's wall-clock time. `fuel`, if set, bounds the instructions of each
     call (it costs 20-45 % speed on compute loops, so it is off by default).
