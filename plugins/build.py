@@ -1,16 +1,18 @@
 """Build the sample plugins to plugins/build/<name>.wasm.
 
-Usage: python plugins/build.py [--all]  (from any directory)
+Usage: python plugins/build.py [--wasi | --all]  (from any directory)
 
 Each plugins/<name>.c is built with wasmkv.h and each plugins/<name>.zig with
 wasmkv.zig, both with the Zig toolchain of the running interpreter
-(`python -m ziglang`), for wasm32-freestanding; each plugins/wasi/<name>.c for
-wasm32-wasi as a reactor (libc included, loaded with `wasi=True`). That needs
-nothing but the Python packages, so `make demo` stays quick.
+(`python -m ziglang`), for wasm32-freestanding. That needs nothing but the
+Python packages and a few seconds, so `make demo` stays quick.
 
-`--all` then runs the builds of the other toolchains, each a script of its own
-folder (plugins/<toolchain>/build.py: Rust with Debian's toolchain,
-AssemblyScript and Extism's PDK from npm), which install what they need.
+`--wasi` builds only each plugins/wasi/<name>.c, for wasm32-wasi as a reactor
+(libc included, loaded with `wasi=True`; Zig compiles wasi-libc once, ~25 s).
+`--all` builds both, then runs the builds of the other toolchains, each a
+script of its own folder (plugins/<toolchain>/build.py: Rust with Debian's
+toolchain, AssemblyScript and Extism's PDK from npm), which install what they
+need.
 
 Prints one line per plugin and exits non-zero if any build fails.
 """
@@ -114,8 +116,9 @@ def build(src: Path, command: list[str], out: Path) -> bool:
 
 def main() -> int:
     everything = sys.argv[1:] == ["--all"]
-    if sys.argv[1:] and not everything:
-        print("usage: python plugins/build.py [--all]", file=sys.stderr)
+    only_wasi = sys.argv[1:] == ["--wasi"]
+    if sys.argv[1:] and not (everything or only_wasi):
+        print("usage: python plugins/build.py [--wasi | --all]", file=sys.stderr)
         return 2
     skip = NOT_PLUGINS | {"wasi", *TOOLCHAINS}
     entries = sorted(p for p in PLUGINS.iterdir() if p.name not in skip)
@@ -129,11 +132,11 @@ def main() -> int:
 
     OUT.mkdir(exist_ok=True)
     failed = []
-    for src in entries:
+    for src in [] if only_wasi else entries:
         out = OUT / f"{src.stem}.wasm"
         if not build(src, COMMANDS[src.suffix](src, out), out):
             failed.append(src.name)
-    for src in sorted(WASI.glob("*.c")):
+    for src in sorted(WASI.glob("*.c")) if everything or only_wasi else []:
         out = OUT / f"{src.stem}.wasm"
         if not build(src, wasi_c_command(src, out), out):
             failed.append(f"wasi/{src.name}")

@@ -21,6 +21,14 @@ from wasmkv import host, kv
 from wasmkv.host._imports import LOG_BYTES_PER_CALL, LOG_RECORD_COST
 
 WASMKV = str(Path(sys.executable).parent / "wasmkv")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def built() -> Path:
+    """The WASI samples, built once per session by `plugins/build.py --wasi` (the demo build skips them)."""
+    subprocess.run([sys.executable, str(ROOT / "plugins" / "build.py"), "--wasi"], check=True, capture_output=True)
+    return ROOT / "plugins" / "build"
 
 
 def greeter(wasm_host: host.Host, built: Path, **limits: int) -> host.Plugin:
