@@ -171,7 +171,7 @@ def _dev(args: argparse.Namespace) -> int:
     settings = config.dev
     listen = args.listen or settings.listen
     _build_missing(config)
-    with Host.from_loaded_config(config) as host:
+    with Host.from_loaded_config(config, compiler=settings.compiler) as host:
         server = serve_calls(
             host,
             listen,

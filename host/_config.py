@@ -99,6 +99,7 @@ class DevConfig:
     allowed_hosts: tuple[str, ...] = ()
     allow_remote: bool = False
     workers: int = DEFAULT_DEV_WORKERS
+    compiler: str = "winch"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -338,9 +339,14 @@ def _dev(table: _Reader | None) -> DevConfig:
         allowed_hosts=tuple(hosts),
         allow_remote=bool(table.get("allow_remote", bool, False)),
         workers=table.get("workers", int, defaults.workers, _positive) or defaults.workers,
+        compiler=table.get("compiler", str, defaults.compiler, _compiler) or defaults.compiler,
     )
     table.done("dev")
     return dev
+
+
+def _compiler(value: str) -> str | None:
+    return None if value in ("winch", "cranelift") else f'must be "winch" or "cranelift", got {value!r}'
 
 
 def _listen(value: str) -> str | None:

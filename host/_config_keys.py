@@ -38,6 +38,7 @@ _KEYS: Final = (
     ConfigKey("dev", "allowed_hosts", "array of strings", "[]", "`Host` names the endpoint answers besides loopback and the listen address"),
     ConfigKey("dev", "allow_remote", "boolean", "false", "allow a listen address other machines can reach (calls are not authenticated)"),
     ConfigKey("dev", "workers", "integer", "8", "requests served at once; more connections get 503"),
+    ConfigKey("dev", "compiler", "string", '"winch"', '"winch" compiles several times faster for reloads; "cranelift" runs faster'),
     ConfigKey("tenants.NAME", "max_keys", "integer", "10000", "keys the tenant may hold, all buckets together"),
     ConfigKey("tenants.NAME", "max_bytes", "integer", "67108864", "key + value bytes the tenant may hold"),
     ConfigKey("tenants.NAME", "max_value_bytes", "integer", "1048576", "the largest value"),

@@ -24,15 +24,25 @@ class Host:
 
     Thread-safe; a context manager. `close()` closes the plugins and stops the
     epoch ticker; the store stays open unless `owns_store`. With `cache_dir`,
-    compiled modules are cached on disk (see `ModuleCache`).
+    compiled modules are cached on disk (see `ModuleCache`). `compiler` is
+    "cranelift" (optimized code, the default) or "winch" (wasmtime's baseline
+    compiler: several times faster to compile, slower code; `wasmkv dev` uses it).
+
+    Raises:
+        ValueError: if `compiler` is neither.
     """
 
     def __init__(
-        self, store: kv.KvStore, *, cache_dir: str | os.PathLike[str] | None = None, owns_store: bool = False
+        self,
+        store: kv.KvStore,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        owns_store: bool = False,
+        compiler: str = "cranelift",
     ) -> None:
         self.store = store
         self.cache = None if cache_dir is None else ModuleCache(cache_dir)
-        self.sandbox = Sandbox(self.cache)
+        self.sandbox = Sandbox(self.cache, compiler=compiler)
         self._owns_store = owns_store
         self._plugins: dict[str, Plugin] = {}
         self._lock = threading.Lock()
@@ -52,9 +62,9 @@ class Host:
         return cls.from_loaded_config(load_config(path))
 
     @classmethod
-    def from_loaded_config(cls, config: Config) -> Host:
-        """As `from_config`, for a config already read with `load_config`."""
-        host = cls(config.open_store(), cache_dir=config.cache_dir, owns_store=True)
+    def from_loaded_config(cls, config: Config, *, compiler: str = "cranelift") -> Host:
+        """As `from_config`, for a config already read with `load_config`, compiling with `compiler`."""
+        host = cls(config.open_store(), cache_dir=config.cache_dir, owns_store=True, compiler=compiler)
         try:
             for plugin in config.plugins.values():
                 host.load(

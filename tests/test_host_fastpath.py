@@ -22,6 +22,7 @@ def test_the_c_symbols_and_private_python_names_exist() -> None:
         "wasmtime_memory_data",
         "wasmtime_memory_data_size",
         "wasmtime_context_set_epoch_deadline",
+        "wasmtime_config_strategy_set",
     ):
         assert hasattr(library, symbol), symbol
     for name in ("wasmtime_func_t", "wasmtime_memory_t", "wasm_trap_t", "wasmtime_error_t"):
