@@ -51,6 +51,7 @@ lint: $(STAMP)
 
 bench: plugins
 	$(BIN)/python bench/bench_store.py
+	$(BIN)/python bench/compare.py --skip-cluster
 	$(BIN)/python bench/bench_scan.py
 	$(BIN)/python plugins/build.py --all
 	$(BIN)/python bench/bench_wasi.py
