@@ -10,6 +10,7 @@ default and meaning, is declared in `_config_keys` (the README's reference).
 path = ".wasmkv/state"          # the embedded store (default), or:
 # url = "redis+cluster://127.0.0.1:7000"
 fsync = false
+# map_size = 68719476736        # LMDB's map in bytes (64 GiB); a full one doubles, up to 1 TiB
 
 [cache]
 dir = ".wasmkv/cache"           # compiled modules; `enabled = false` turns it off
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from .. import kv
+from ..kv._lmdb import map_size_problem
 from ._config_keys import keys_of
 from ._errors import ConfigError
 from ._limits import Limits
@@ -364,16 +366,26 @@ def _store(table: _Reader | None, root: Path) -> StoreConfig:
     url = table.get("url", str)
     if path is not None and url is not None:
         raise table.error("store", "set either path (the embedded store) or url (a store URL), not both")
+    # Not a backend option (a URL's query cannot carry it): `KvStore.open` takes it.
+    map_size = table.get("map_size", int, None, map_size_problem)
     backend = kv.BACKENDS["lmdb"]
+    options: dict[str, Any] = {}
     if url is not None:
         try:
-            backend, _, _ = kv.backend_for(url)
+            backend, location, from_query = kv.backend_for(url)
         except kv.InvalidArgument as exc:
             raise table.error("store.url", str(exc)) from None
+        if map_size is not None:
+            if backend.name != "lmdb":
+                lmdb_kind = kv.BACKENDS["lmdb"].kind
+                raise table.error("store.map_size", f"applies to {lmdb_kind} only, not to {backend.kind}")
+            # An lmdb:// URL names a directory: open it as `path` does, with the options of its query.
+            path, url, options = location, None, from_query
+    if map_size is not None:
+        options["map_size"] = map_size
     allowed = {**backend.options, **kv.COMMON_OPTIONS}
-    options: dict[str, Any] = {}
     for name in list(table.table):
-        if name in ("path", "url"):
+        if name in ("path", "url", "map_size"):
             continue
         option = allowed.get(name)
         if option is None:

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Final
 
 from .. import kv
+from ..kv._lmdb import DEFAULT_MAP_SIZE_BYTES, DEFAULT_MAX_MAP_SIZE_BYTES, MIN_MAP_SIZE_BYTES
 
 __all__ = ["ConfigKey", "config_reference", "keys_of", "reference_table"]
 
@@ -30,6 +31,7 @@ class ConfigKey:
 _KEYS: Final = (
     ConfigKey("store", "path", "string", '".wasmkv/state"', "directory of the embedded store (LMDB); relative to the file"),
     ConfigKey("store", "url", "string", "none", "a store URL instead of `path`: `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`, `memory:`"),
+    ConfigKey("store", "map_size", "integer", str(DEFAULT_MAP_SIZE_BYTES), f"bytes of address space LMDB reserves for the data, at least {MIN_MAP_SIZE_BYTES} ({MIN_MAP_SIZE_BYTES >> 20} MiB), rounded up to whole pages; the file grows only as data is written, and a full map doubles, up to {DEFAULT_MAX_MAP_SIZE_BYTES} ({DEFAULT_MAX_MAP_SIZE_BYTES >> 40} TiB) or `map_size` if larger (embedded (LMDB) store only, not in a URL's query)"),
     ConfigKey("cache", "dir", "string", '".wasmkv/cache"', "directory of the compiled-module cache; relative to the file"),
     ConfigKey("cache", "enabled", "boolean", "true", "`false` compiles every module at every start"),
     ConfigKey("dev", "listen", "string", '"127.0.0.1:8737"', "HOST:PORT of `wasmkv dev`'s HTTP endpoint"),

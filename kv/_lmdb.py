@@ -16,17 +16,37 @@ in place, a newer one refused).
 Usage counts stored records, so it can only overstate live usage; a write that
 fails the quota check sweeps the tenant's expired records and checks again,
 which makes the check exact without a sweep on every write.
+
+The map: LMDB reserves `map_size` bytes of address space for the data file (64 GiB
+unless `KvStore.open(map_size=...)` or `[store] map_size` says otherwise; the file
+itself grows only as data is written). A write that finds the map full is undone,
+the map doubled and the write run again, up to `max_map_size` (1 TiB, or `map_size`
+if larger); past that the write fails with BackendUnavailable and nothing written.
+The cap is address space, not disk: a disk that fills first is reported as a full
+disk. Other processes on the directory keep their smaller map until a transaction
+of theirs finds data beyond it (MDB_MAP_RESIZED), then adopt the size the file
+records and carry on.
+
+Remapping needs every transaction of this process closed (py-lmdb unmaps the
+file under any view a read still holds), and py-lmdb 2.3+ aborts a write only
+once no operation is in flight, which reads on other threads can put off for
+ever. So writes, already serialized by a lock, can hold reads off: each read
+announces itself in a shared list (an append and a pop, atomic in CPython) and
+then checks a flag; a writer raises the flag and waits for the list to empty.
+A read's whole cost is that append, pop and flag test; a committed write pays nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar, overload
 
 import lmdb
 
@@ -65,7 +85,11 @@ from ._rules import (
 
 __all__ = [
     "DEFAULT_MAP_SIZE_BYTES",
+    "DEFAULT_MAX_MAP_SIZE_BYTES",
+    "MIN_MAP_SIZE_BYTES",
     "LmdbStore",
+    "map_size_bytes",
+    "map_size_problem",
 ]
 
 #: The data and lock files are private to the user running the store.
@@ -76,8 +100,38 @@ STORE_FORMAT: Final = 3
 _FORMAT_KEY: Final = b"format"
 #: Address space reserved for the data file; the file itself grows only as data is written.
 DEFAULT_MAP_SIZE_BYTES: Final = 64 * 1024**3
+#: The smallest map a store opens with.
+MIN_MAP_SIZE_BYTES: Final = 1024**2
+#: How far a full map doubles at most, unless the store was opened with a larger one.
+DEFAULT_MAX_MAP_SIZE_BYTES: Final = 1024**4
+#: Far beyond any address space, and small enough that doubling it stays a valid size_t.
+_LARGEST_MAP_BYTES: Final = sys.maxsize // 4
+#: How long holding reads off sleeps between looks at the reads it waits out (reads take microseconds).
+_DRAIN_POLL_S: Final = 20e-6
 
 T = TypeVar("T")
+
+
+def map_size_problem(value: int) -> str | None:
+    """What is wrong with `value` as a map size in bytes ("must be ..."), or None if nothing is."""
+    if value < MIN_MAP_SIZE_BYTES:
+        return f"must be at least {MIN_MAP_SIZE_BYTES} bytes (1 MiB), got {value}"
+    if value > _LARGEST_MAP_BYTES:
+        return f"must be at most {_LARGEST_MAP_BYTES} bytes, got {value}"
+    return None
+
+
+def map_size_bytes(name: str, value: object) -> int:
+    """`value` as a map size: an integer of at least 1 MiB, rounded up to whole pages.
+
+    Raises:
+        InvalidArgument: naming `name`, if `value` is not an integer or is out of range.
+    """
+    if type(value) is not int:
+        raise InvalidArgument(f"{name} must be an integer number of bytes, got {value!r}")
+    if (problem := map_size_problem(value)) is not None:
+        raise InvalidArgument(f"{name} {problem}")
+    return -(-value // mmap.PAGESIZE) * mmap.PAGESIZE
 
 
 @dataclasses.dataclass(slots=True)
@@ -86,8 +140,20 @@ class _Shared:
 
     env: lmdb.Environment
     fsync: bool
+    #: The map size asked for at open (the map itself may have grown since) and the most it grows to.
     map_size: int
+    max_map_size: int
+    data: lmdb._Database
+    expiry: lmdb._Database
+    usage: lmdb._Database
+    tenants: lmdb._Database
     write_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    #: `readers[0]` is True while reads are held off (for a remap, or a write's abort); then one None
+    #: per read transaction of this process in flight (see the module's docstring). The flag lives in
+    #: the list so that a read checks it with one index; a read only ever pops its own None.
+    readers: list[bool | None] = dataclasses.field(default_factory=lambda: [False])
+    #: Held by whoever holds reads off, throughout: a read that finds the flag set waits on it.
+    hold_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     opened: int = 0
 
 
@@ -97,31 +163,61 @@ _registry_lock = threading.Lock()
 _registry: dict[str, _Shared] = {}
 
 
-def _check_format(env: lmdb.Environment, path: str) -> None:
+_Databases = tuple[lmdb._Database, lmdb._Database, lmdb._Database, lmdb._Database]
+
+
+def _check_format(env: lmdb.Environment, path: str, max_map_size: int) -> _Databases:
     """Record this code's format in a new store, upgrade an older one in place, refuse a newer one.
+
+    Runs before the environment is shared, so it may resize the map: an upgrade that
+    fills it doubles it (up to `max_map_size`), and a file another process grew is adopted.
+    Returns the handles of the data, expiry, usage and tenants databases.
 
     Raises:
         BackendUnavailable: if the store was written by a newer wasmkv, or cannot be written.
     """
-    try:
-        with env.begin(write=True) as txn:
-            meta = env.open_db(b"meta", txn=txn)
-            raw = txn.get(_FORMAT_KEY, db=meta)
-            found = 1 if raw is None else int(raw) if bytes(raw).isdigit() else None
-            if found is None or found > STORE_FORMAT:
-                shown = "unreadable" if found is None else str(found)
-                raise BackendUnavailable(
-                    f"the store at {path} has store format {shown}, newer than this wasmkv reads "
-                    f"({STORE_FORMAT}): open it with a newer wasmkv"
-                )
-            # Format 2 added the (empty) tenants database; format 3 moved long keys out of boxes.
-            env.open_db(b"tenants", txn=txn)
-            if found < 3:
-                _unbox_long_keys(txn, env.open_db(b"data", txn=txn))
-            if found < STORE_FORMAT:
-                txn.put(_FORMAT_KEY, str(STORE_FORMAT).encode(), db=meta)
-    except lmdb.Error as exc:
-        raise BackendUnavailable(f"cannot open the store at {path}: {exc}") from exc
+    while True:
+        try:
+            return _record_format(env, path)
+        except lmdb.MapResizedError:
+            new_size = 0  # another process grew the file since we opened it: adopt the size it records
+        except lmdb.MapFullError as exc:
+            size = env.info()["map_size"]
+            if size >= max_map_size:
+                raise BackendUnavailable(f"cannot open the store at {path}: {exc}") from exc
+            new_size = min(max_map_size, 2 * size)
+        except lmdb.Error as exc:
+            raise BackendUnavailable(f"cannot open the store at {path}: {exc}") from exc
+        try:
+            env.set_mapsize(new_size)
+        except lmdb.Error as exc:
+            raise BackendUnavailable(f"cannot open the store at {path}: {exc}") from exc
+
+
+def _record_format(env: lmdb.Environment, path: str) -> _Databases:
+    with env.begin(write=True) as txn:
+        meta = env.open_db(b"meta", txn=txn)
+        raw = txn.get(_FORMAT_KEY, db=meta)
+        found = 1 if raw is None else int(raw) if bytes(raw).isdigit() else None
+        if found is None or found > STORE_FORMAT:
+            shown = "unreadable" if found is None else str(found)
+            raise BackendUnavailable(
+                f"the store at {path} has store format {shown}, newer than this wasmkv reads "
+                f"({STORE_FORMAT}): open it with a newer wasmkv"
+            )
+        # Format 2 added the (empty) tenants database; format 3 moved long keys out of boxes.
+        env.open_db(b"tenants", txn=txn)
+        if found < 3:
+            _unbox_long_keys(txn, env.open_db(b"data", txn=txn))
+        if found < STORE_FORMAT:
+            txn.put(_FORMAT_KEY, str(STORE_FORMAT).encode(), db=meta)
+        # Opened here, once per process: the handles are valid once this transaction commits.
+        return (
+            env.open_db(b"data", txn=txn),
+            env.open_db(b"expiry", txn=txn),
+            env.open_db(b"usage", txn=txn),
+            env.open_db(b"tenants", txn=txn),
+        )
 
 
 def _unbox_long_keys(txn: lmdb.Transaction, data: lmdb._Database) -> None:
@@ -187,6 +283,16 @@ class LmdbStore:
 
     `fsync=False` (the default) survives the process being killed at any point;
     `fsync=True` also survives power loss, at the cost of an fsync per commit.
+    `map_size` is the address space reserved for the data (default 64 GiB, at
+    least 1 MiB, rounded up to whole pages); a write that finds it full doubles
+    it, up to `max_map_size` (default 1 TiB) or `map_size` if that is larger.
+    None for either means the default, or the setting the store already has when
+    it is open in this process; all stores on one directory share one environment.
+
+    Raises:
+        BackendUnavailable: if the directory cannot be opened as a store.
+        InvalidArgument: if a map size is not an integer of at least 1 MiB, or the
+            store is already open in this process with other settings.
     """
 
     def __init__(
@@ -195,8 +301,11 @@ class LmdbStore:
         *,
         fsync: bool = False,
         clock: Clock = time.time,
-        map_size: int = DEFAULT_MAP_SIZE_BYTES,
+        map_size: int | None = None,
+        max_map_size: int | None = None,
     ) -> None:
+        asked = None if map_size is None else map_size_bytes("map_size", map_size)
+        asked_max = None if max_map_size is None else map_size_bytes("max_map_size", max_map_size)
         self.path = os.path.realpath(path)
         self._clock = clock
         self._closed = False
@@ -208,6 +317,8 @@ class LmdbStore:
         with _registry_lock:
             entry = _registry.get(self.path)
             if entry is None:
+                map_size = DEFAULT_MAP_SIZE_BYTES if asked is None else asked
+                cap = max(map_size, DEFAULT_MAX_MAP_SIZE_BYTES if asked_max is None else asked_max)
                 try:
                     env = lmdb.open(
                         self.path,
@@ -226,75 +337,108 @@ class LmdbStore:
                     env.close()
                     raise BackendUnavailable(f"this LMDB build allows {env.max_key_size()}-byte keys; wasmkv needs 511")
                 try:
-                    _check_format(env, self.path)
+                    databases = _check_format(env, self.path, cap)
                 except BaseException:
                     env.close()
                     raise
-                entry = _registry[self.path] = _Shared(env, fsync, map_size)
-            elif (entry.fsync, entry.map_size) != (fsync, map_size):
+                entry = _registry[self.path] = _Shared(env, fsync, map_size, cap, *databases)
+            elif (
+                entry.fsync != fsync
+                or asked not in (None, entry.map_size)
+                or (asked_max is not None and max(entry.map_size, asked_max) != entry.max_map_size)
+            ):
                 # One environment serves the whole process, so a second open cannot change its settings.
                 raise InvalidArgument(
                     f"the store at {self.path} is already open in this process with fsync={entry.fsync}, "
-                    f"map_size={entry.map_size}; open it again with the same settings"
+                    f"map_size={entry.map_size}, max_map_size={entry.max_map_size}; "
+                    "open it again with the same settings"
                 )
             entry.opened += 1
+        self._shared = entry
         self._env = entry.env
         self._write_lock = entry.write_lock
-        self._data = self._env.open_db(b"data")
-        self._expiry = self._env.open_db(b"expiry")
-        self._usage = self._env.open_db(b"usage")
-        self._tenants = self._env.open_db(b"tenants")
+        self._readers = entry.readers
+        self._data = entry.data
+        self._expiry = entry.expiry
+        self._usage = entry.usage
+        self._tenants = entry.tenants
+
+    @property
+    def map_size(self) -> int:
+        """The bytes the map spans now (it may have grown since the store opened)."""
+        return int(self._env.info()["map_size"])
+
+    @property
+    def max_map_size(self) -> int:
+        """The most the map grows to."""
+        return self._shared.max_map_size
 
     # -- reads: one read transaction each, no lock ---------------------------------------------
 
     def get(self, ns: Namespace, key: bytes) -> bytes | None:
         """The live value, or None."""
         prefix = ns.prefix
+        readers = self._readers
+        readers.append(None)  # this read is in flight: holding reads off (a remap) waits for it to end
         try:
-            # Positional arguments: py-lmdb parses them measurably faster than keywords on this hot path.
-            txn = self._env.begin(self._data, None, False, True)
-        except lmdb.Error as exc:
-            raise self._unavailable(exc) from exc
-        try:
-            if len(key) + len(prefix) > SHORT_ROOM:
-                return live_value(lookup(txn, self._data, prefix, key), now_ms(self._clock))
-            # The common short key is read inline.
-            record = txn.get(prefix + key)
-            if record is None:
-                return None
-            if record[0] == NO_TTL:
-                return record[1:].tobytes()
-            if int.from_bytes(record[1:9], "big") <= now_ms(self._clock):
-                return None
-            return record[9:].tobytes()
+            if readers[0]:
+                self._wait_for_reads()
+            try:
+                # Positional arguments: py-lmdb parses them measurably faster than keywords on this hot path.
+                txn = self._env.begin(self._data, None, False, True)
+            except lmdb.Error as exc:
+                txn = self._begin_read_again(exc, True)
+            try:
+                if len(key) + len(prefix) > SHORT_ROOM:
+                    return live_value(lookup(txn, self._data, prefix, key), now_ms(self._clock))
+                # The common short key is read inline.
+                record = txn.get(prefix + key)
+                if record is None:
+                    return None
+                if record[0] == NO_TTL:
+                    return record[1:].tobytes()
+                if int.from_bytes(record[1:9], "big") <= now_ms(self._clock):
+                    return None
+                return record[9:].tobytes()
+            finally:
+                txn.abort()
         finally:
-            txn.abort()
+            readers.pop()
 
     def get_many(self, ns: Namespace, keys: Sequence[bytes]) -> list[bytes | None]:
         """The live values, in the order of `keys`."""
         prefix = ns.prefix
         short = SHORT_ROOM - len(prefix)
+        readers = self._readers
+        readers.append(None)
         try:
-            txn = self._env.begin(self._data)  # without buffers: each record comes as bytes, copied in C
-        except lmdb.Error as exc:
-            raise self._unavailable(exc) from exc
-        try:
-            now = now_ms(self._clock)
-            if not keys or max(map(len, keys)) <= short:
-                # A loop of gets beats getmulti on random keys (measured: 120 against 180 us for 100 of
-                # 200k keys, a raw loop of txn.get 106 us), and keeps the request's order for free.
-                get = txn.get
-                values: list[bytes | None] = []
-                append = values.append
-                for key in keys:
-                    record = get(prefix + key)
-                    append(None if record is None else record[1:] if record[0] == NO_TTL else live_value(record, now))
-                return values
-            return [live_value(lookup(txn, self._data, prefix, key), now) for key in keys]
-        except lmdb.Error as exc:
-            raise self._unavailable(exc) from exc
+            if readers[0]:
+                self._wait_for_reads()
+            try:
+                txn = self._env.begin(self._data)  # without buffers: each record comes as bytes, copied in C
+            except lmdb.Error as exc:
+                txn = self._begin_read_again(exc, False)
+            try:
+                now = now_ms(self._clock)
+                if not keys or max(map(len, keys)) <= short:
+                    # A loop of gets beats getmulti on random keys (measured: 120 against 180 us for 100 of
+                    # 200k keys, a raw loop of txn.get 106 us), and keeps the request's order for free.
+                    get = txn.get
+                    values: list[bytes | None] = []
+                    append = values.append
+                    for key in keys:
+                        record = get(prefix + key)
+                        append(
+                            None if record is None else record[1:] if record[0] == NO_TTL else live_value(record, now)
+                        )
+                    return values
+                return [live_value(lookup(txn, self._data, prefix, key), now) for key in keys]
+            except lmdb.Error as exc:
+                raise self._unavailable(exc) from exc
+            finally:
+                txn.abort()
         finally:
-            txn.abort()
+            readers.pop()
 
     def exists(self, ns: Namespace, key: bytes) -> bool:
         """Whether the key is live."""
@@ -372,18 +516,22 @@ class LmdbStore:
 
     def put_tenant_quota(self, tenant: str, quota: Quota, *, only_if_absent: bool = False) -> Quota:
         """Store the tenant's quota atomically (only if it has none, with `only_if_absent`); the quota stored now."""
-        with self._write() as txn:
-            name = tenant.encode()
+        name = tenant.encode()
+
+        def put(txn: lmdb.Transaction) -> Quota:
             if only_if_absent and (record := txn.get(name, db=self._tenants)) is not None:
                 return Quota.from_record(bytes(record))
             txn.put(name, quota.to_record(), db=self._tenants)
             return quota
 
+        return self._transact(put)
+
     def delete_tenant(self, tenant: str) -> int:
         """Remove every key of the tenant, its expiry index, its usage and its record; the number of keys removed."""
         prefix = tenant.encode() + b"\0"
-        removed = 0
-        with self._write() as txn:
+
+        def delete(txn: lmdb.Transaction) -> int:
+            removed = 0
             for db, count in ((self._data, True), (self._expiry, False)):
                 cursor = txn.cursor(db=db)
                 found = cursor.set_range(prefix)
@@ -392,7 +540,9 @@ class LmdbStore:
                     found = cursor.delete()
             txn.delete(prefix[:-1], db=self._usage)
             txn.delete(prefix[:-1], db=self._tenants)
-        return removed
+            return removed
+
+        return self._transact(delete)
 
     def buckets(self, tenant: str) -> list[str]:
         """The tenant's buckets that hold at least one stored record, in byte order."""
@@ -413,10 +563,13 @@ class LmdbStore:
 
     def usage(self, tenant: str) -> Usage:
         """The tenant's live keys and bytes; sweeps its expired keys first so they never count."""
-        with self._write() as txn:
+
+        def sweep_and_count(txn: lmdb.Transaction) -> Usage:
             self._sweep_tenant(txn, tenant.encode() + b"\0", now_ms(self._clock), limit=None)
             keys, size = read_usage(txn, self._usage, tenant.encode())
-        return Usage(keys=keys, bytes=size)
+            return Usage(keys=keys, bytes=size)
+
+        return self._transact(sweep_and_count)
 
     # -- writes: one write transaction each, serialized --------------------------------------
 
@@ -486,15 +639,18 @@ class LmdbStore:
 
     def sweep(self, limit: int) -> int:
         """Reclaim up to `limit` expired keys across all tenants; the number reclaimed."""
-        removed = 0
-        with self._write() as txn:
+
+        def sweep(txn: lmdb.Transaction) -> int:
+            removed = 0
             now = now_ms(self._clock)
             tenants = [bytes(t) for t in txn.cursor(db=self._usage).iternext(keys=True, values=False)]
             for tenant in tenants:
                 removed += self._sweep_tenant(txn, tenant + b"\0", now, limit=limit - removed)
                 if removed >= limit:
                     break
-        return removed
+            return removed
+
+        return self._transact(sweep)
 
     def close(self) -> None:
         """Release the environment once the last store on this directory closes; idempotent."""
@@ -520,10 +676,7 @@ class LmdbStore:
         if self._closed:
             return BackendUnavailable("the store is closed")
         if isinstance(exc, lmdb.MapFullError):
-            size = self._env.info()["map_size"]
-            return BackendUnavailable(
-                f"the store at {self.path} is full (map_size {size} bytes): delete keys, or reopen it with a larger map"
-            )
+            return self._full(self._env.info()["map_size"])
         if "No space left on device" in str(exc):
             return BackendUnavailable(
                 f"the disk under the store at {self.path} is full: free space on it, then retry (nothing was written)"
@@ -533,38 +686,164 @@ class LmdbStore:
     @contextmanager
     def _read(self, *, buffers: bool = True) -> Iterator[lmdb.Transaction]:
         # buffers=True: records come as views into the map, copied only where kept.
+        readers = self._readers
+        readers.append(None)
         try:
-            txn = self._env.begin(self._data, None, False, True) if buffers else self._env.begin(self._data)
-        except lmdb.Error as exc:
-            raise self._unavailable(exc) from exc
-        try:
-            yield txn
-        except lmdb.Error as exc:
-            raise self._unavailable(exc) from exc
+            if readers[0]:
+                self._wait_for_reads()
+            txn: lmdb.Transaction
+            try:
+                txn = self._env.begin(self._data, None, False, True) if buffers else self._env.begin(self._data)
+            except lmdb.Error as exc:
+                txn = self._begin_read_again(exc, buffers)
+            try:
+                yield txn
+            except lmdb.Error as exc:
+                raise self._unavailable(exc) from exc
+            finally:
+                txn.abort()
         finally:
+            readers.pop()
+
+    def _wait_for_reads(self) -> None:
+        """With this read announced and reads held off: withdraw it until they may go on."""
+        readers = self._readers
+        while readers[0]:
+            readers.pop()
+            try:
+                with self._shared.hold_lock:
+                    pass
+            finally:
+                readers.append(None)
+
+    @overload
+    def _begin_read_again(self, exc: lmdb.Error, buffers: Literal[True]) -> lmdb.Transaction[memoryview]: ...
+    @overload
+    def _begin_read_again(self, exc: lmdb.Error, buffers: Literal[False]) -> lmdb.Transaction[bytes]: ...
+    @overload
+    def _begin_read_again(self, exc: lmdb.Error, buffers: bool) -> lmdb.Transaction: ...
+    def _begin_read_again(self, exc: lmdb.Error, buffers: bool) -> lmdb.Transaction:
+        """A read transaction, after one failed to begin with `exc`; the read stays announced.
+
+        Another process may have grown the map and written past ours (MDB_MAP_RESIZED):
+        then adopt the size the file records and begin again.
+
+        Raises:
+            BackendUnavailable: for any other failure.
+        """
+        while isinstance(exc, lmdb.MapResizedError):
+            readers = self._readers
+            readers.pop()  # holding reads off waits for every announced read, this one included
+            try:
+                with self._write_lock, self._reads_held():
+                    self._remap(0)
+            finally:
+                readers.append(None)
+            if readers[0]:
+                self._wait_for_reads()
+            try:
+                return self._env.begin(self._data, None, False, True) if buffers else self._env.begin(self._data)
+            except lmdb.Error as again:
+                exc = again
+        raise self._unavailable(exc) from exc
+
+    def _full(self, size: int) -> BackendUnavailable:
+        cap = self._shared.max_map_size
+        return BackendUnavailable(
+            f"the store at {self.path} is full (map_size {size} bytes) and grows to {cap} bytes at most: nothing "
+            "was written; delete keys, or open it with a larger map_size (map_size in wasmkv.toml's [store], or "
+            "KvStore.open(map_size=...))"
+        )
+
+    def _transact(self, body: Callable[[lmdb.Transaction], T]) -> T:
+        """`body`'s result, run in a write transaction that commits; if it fails nothing is written.
+
+        A transaction that finds the map full is undone, the map doubled and `body`
+        run again (up to `max_map_size`), so `body` must change nothing but the transaction.
+        """
+        # Our lock keeps threads of this process off LMDB's writer mutex, which
+        # would otherwise park them inside C; LMDB still serializes other processes.
+        # Under it no other write transaction of this process is open, as a remap needs.
+        with self._write_lock:
+            while True:
+                try:
+                    txn = self._env.begin(self._data, None, True)
+                except lmdb.MapResizedError:
+                    # Another process grew the map and wrote past ours: adopt the size the file records.
+                    with self._reads_held():
+                        self._remap(0)
+                    continue
+                except lmdb.Error as exc:
+                    raise self._unavailable(exc) from exc
+                try:
+                    result = body(txn)
+                    txn.commit()
+                except lmdb.MapFullError:
+                    with self._reads_held():
+                        txn.abort()
+                        self._grow()
+                    continue
+                except lmdb.Error as exc:
+                    self._abort(txn)
+                    raise self._unavailable(exc) from exc
+                except BaseException:
+                    self._abort(txn)
+                    raise
+                return result
+
+    def _abort(self, txn: lmdb.Transaction) -> None:
+        # py-lmdb (2.3 and later) aborts a write only once no operation on the environment is in
+        # flight, which reads on other threads can put off indefinitely: hold them off meanwhile.
+        with self._reads_held():
             txn.abort()
 
     @contextmanager
-    def _write(self) -> Iterator[lmdb.Transaction]:
-        # Our lock keeps threads of this process off LMDB's writer mutex, which
-        # would otherwise park them inside C; LMDB still serializes other processes.
-        with self._write_lock:
+    def _reads_held(self) -> Iterator[None]:
+        """Wait out this process's reads on the environment, and make new ones wait until the block ends.
+
+        Taken holding the write lock. Each read announces itself in `readers` before it
+        looks at the flag `readers[0]`, so once the flag is up and no read is announced, none is open.
+        """
+        readers = self._readers
+        with self._shared.hold_lock:
+            readers[0] = True
             try:
-                txn = self._env.begin(db=self._data, write=True)
-            except lmdb.Error as exc:
-                raise self._unavailable(exc) from exc
-            try:
-                yield txn
-                txn.commit()
-            except lmdb.Error as exc:
-                txn.abort()
-                raise self._unavailable(exc) from exc
-            except BaseException:
-                txn.abort()
-                raise
+                while len(readers) > 1:  # reads are short: a begin, a few gets, an abort
+                    time.sleep(_DRAIN_POLL_S)
+                yield
+            finally:
+                readers[0] = False
+
+    def _grow(self) -> None:
+        """Double the map, up to the cap; with reads held and no write transaction open.
+
+        Raises:
+            BackendUnavailable: if the map is at its cap already, or cannot grow.
+        """
+        size = self._env.info()["map_size"]
+        cap = self._shared.max_map_size
+        if size >= cap:
+            raise self._full(size)
+        self._remap(min(cap, 2 * size))
+
+    def _remap(self, size: int) -> None:
+        """Map `size` bytes (0: the size the file records); with reads held and no write transaction open.
+
+        Raises:
+            BackendUnavailable: if the environment cannot be remapped.
+        """
+        was = self._env.info()["map_size"]
+        try:
+            self._env.set_mapsize(size)
+        except lmdb.Error as exc:
+            target = f"{size} bytes" if size else "the size its file records"
+            raise BackendUnavailable(
+                f"the store at {self.path} could not remap from {was} bytes to {target} ({exc}): "
+                "nothing was written; reopen the store"
+            ) from exc
 
     def _mutate(self, ns: Namespace, apply: Callable[[Writer], T]) -> T:
-        with self._write() as txn:
+        def run(txn: lmdb.Transaction) -> T:
             now = now_ms(self._clock)
             writer = Writer(txn, self._data, self._expiry, ns, now)
             try:
@@ -578,6 +857,8 @@ class LmdbStore:
                 result = apply(writer)
             self._add_usage(txn, writer.tenant_prefix[:-1], writer.add_keys, writer.add_bytes)
             return result
+
+        return self._transact(run)
 
     def _charge(self, w: Writer, quota: Quota) -> None:
         keys, size = read_usage(w.txn, self._usage, w.tenant_prefix[:-1])

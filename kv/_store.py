@@ -127,6 +127,7 @@ class KvStore:
         path: str | os.PathLike[str],
         *,
         fsync: bool = False,
+        map_size: int | None = None,
         clock: Clock = time.time,
         sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S,
     ) -> KvStore:
@@ -135,20 +136,38 @@ class KvStore:
         Every write that returns is on disk when the process dies, however it
         dies. `fsync=True` also makes it survive power loss (an fsync per commit).
 
+        `map_size` is the address space LMDB reserves for the data, in bytes: at
+        least 1 MiB, rounded up to whole pages; None is 64 GiB, or what the store
+        already has if it is open in this process. The file grows only as data is
+        written. A write that finds the map full doubles it, in this process and
+        in any other that has the store open, up to 1 TiB or `map_size` if larger;
+        past that the write fails with `BackendUnavailable` and writes nothing.
+
         Raises:
             BackendUnavailable: if the directory cannot be opened as a store.
+            InvalidArgument: if `map_size` is not an integer of at least 1 MiB, or the store
+                is already open in this process with another `fsync` or `map_size`.
         """
-        return cls._opened("lmdb", os.fspath(path), {"fsync": fsync}, clock, sweep_interval_s)
+        return cls._opened("lmdb", os.fspath(path), {"fsync": fsync, "map_size": map_size}, clock, sweep_interval_s)
 
     @classmethod
-    def memory(cls, *, clock: Clock = time.time, sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S) -> KvStore:
+    def memory(
+        cls,
+        *,
+        map_size: int | None = None,
+        clock: Clock = time.time,
+        sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S,
+    ) -> KvStore:
         """A store that lives in RAM and vanishes on `close()`, for tests and scratch work.
 
         It is the embedded engine in a private directory on a RAM-backed
         filesystem (`/dev/shm` where there is one), so it behaves exactly like
-        a durable store.
+        a durable store; `map_size` as for `open`.
+
+        Raises:
+            InvalidArgument: if `map_size` is not an integer of at least 1 MiB.
         """
-        return cls._opened("memory", "", {}, clock, sweep_interval_s)
+        return cls._opened("memory", "", {"map_size": map_size}, clock, sweep_interval_s)
 
     @classmethod
     def from_url(
