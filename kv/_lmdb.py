@@ -46,6 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from threading import get_ident
 from typing import Final, Literal, TypeVar, overload
 
 import lmdb
@@ -148,10 +149,10 @@ class _Shared:
     usage: lmdb._Database
     tenants: lmdb._Database
     write_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    #: `readers[0]` is True while reads are held off (for a remap, or a write's abort); then one None
-    #: per read transaction of this process in flight (see the module's docstring). The flag lives in
-    #: the list so that a read checks it with one index; a read only ever pops its own None.
-    readers: list[bool | None] = dataclasses.field(default_factory=lambda: [False])
+    #: `readers[0]` is True while reads are held off (for a remap, or a write's abort); then the
+    #: thread id of each read transaction of this process in flight (see the module's docstring).
+    #: The flag lives in the list so that a read checks it with one index; a read removes its own id.
+    readers: list[bool | int] = dataclasses.field(default_factory=lambda: [False])
     #: Held by whoever holds reads off, throughout: a read that finds the flag set waits on it.
     hold_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     opened: int = 0
@@ -379,7 +380,7 @@ class LmdbStore:
         """The live value, or None."""
         prefix = ns.prefix
         readers = self._readers
-        readers.append(None)  # this read is in flight: holding reads off (a remap) waits for it to end
+        readers.append(get_ident())  # this read is in flight: holding reads off (a remap) waits for it to end
         try:
             if readers[0]:
                 self._wait_for_reads()
@@ -403,14 +404,14 @@ class LmdbStore:
             finally:
                 txn.abort()
         finally:
-            readers.pop()
+            readers.remove(get_ident())
 
     def get_many(self, ns: Namespace, keys: Sequence[bytes]) -> list[bytes | None]:
         """The live values, in the order of `keys`."""
         prefix = ns.prefix
         short = SHORT_ROOM - len(prefix)
         readers = self._readers
-        readers.append(None)
+        readers.append(get_ident())
         try:
             if readers[0]:
                 self._wait_for_reads()
@@ -438,7 +439,7 @@ class LmdbStore:
             finally:
                 txn.abort()
         finally:
-            readers.pop()
+            readers.remove(get_ident())
 
     def exists(self, ns: Namespace, key: bytes) -> bool:
         """Whether the key is live."""
@@ -687,7 +688,7 @@ class LmdbStore:
     def _read(self, *, buffers: bool = True) -> Iterator[lmdb.Transaction]:
         # buffers=True: records come as views into the map, copied only where kept.
         readers = self._readers
-        readers.append(None)
+        readers.append(get_ident())
         try:
             if readers[0]:
                 self._wait_for_reads()
@@ -703,18 +704,18 @@ class LmdbStore:
             finally:
                 txn.abort()
         finally:
-            readers.pop()
+            readers.remove(get_ident())
 
     def _wait_for_reads(self) -> None:
         """With this read announced and reads held off: withdraw it until they may go on."""
         readers = self._readers
         while readers[0]:
-            readers.pop()
+            readers.remove(get_ident())
             try:
                 with self._shared.hold_lock:
                     pass
             finally:
-                readers.append(None)
+                readers.append(get_ident())
 
     @overload
     def _begin_read_again(self, exc: lmdb.Error, buffers: Literal[True]) -> lmdb.Transaction[memoryview]: ...
@@ -733,12 +734,12 @@ class LmdbStore:
         """
         while isinstance(exc, lmdb.MapResizedError):
             readers = self._readers
-            readers.pop()  # holding reads off waits for every announced read, this one included
+            readers.remove(get_ident())  # holding reads off waits for every announced read, this one included
             try:
                 with self._write_lock, self._reads_held():
                     self._remap(0)
             finally:
-                readers.append(None)
+                readers.append(get_ident())
             if readers[0]:
                 self._wait_for_reads()
             try:
@@ -779,9 +780,13 @@ class LmdbStore:
                     result = body(txn)
                     txn.commit()
                 except lmdb.MapFullError:
-                    with self._reads_held():
-                        txn.abort()
-                        self._grow()
+                    try:
+                        with self._reads_held():
+                            txn.abort()
+                            self._grow()
+                    except BaseException:
+                        self._abort(txn)  # a no-op if it was aborted already
+                        raise
                     continue
                 except lmdb.Error as exc:
                     self._abort(txn)
@@ -794,21 +799,34 @@ class LmdbStore:
     def _abort(self, txn: lmdb.Transaction) -> None:
         # py-lmdb (2.3 and later) aborts a write only once no operation on the environment is in
         # flight, which reads on other threads can put off indefinitely: hold them off meanwhile.
-        with self._reads_held():
+        # A read this thread has open (a write from a signal handler or a clock callback) is not
+        # in flight inside LMDB, so the abort need not wait for it.
+        with self._reads_held(own_reads_allowed=True):
             txn.abort()
 
     @contextmanager
-    def _reads_held(self) -> Iterator[None]:
+    def _reads_held(self, *, own_reads_allowed: bool = False) -> Iterator[None]:
         """Wait out this process's reads on the environment, and make new ones wait until the block ends.
 
-        Taken holding the write lock. Each read announces itself in `readers` before it
-        looks at the flag `readers[0]`, so once the flag is up and no read is announced, none is open.
+        Taken holding the write lock. Each read announces itself (its thread) in `readers` before
+        it looks at the flag `readers[0]`, so once the flag is up and no read is announced, none is
+        open. A read of this very thread would never end while it waits: with
+        `own_reads_allowed` the wait leaves them out; without, it refuses at once.
+
+        Raises:
+            BackendUnavailable: if this thread has a read open and that is not allowed (a remap).
         """
         readers = self._readers
+        own = readers.count(get_ident())
+        if own and not own_reads_allowed:
+            raise BackendUnavailable(
+                f"the store at {self.path} must grow its map, which cannot happen while this thread is "
+                "inside a read of it (a write from a signal handler or a clock callback); write outside it"
+            )
         with self._shared.hold_lock:
             readers[0] = True
             try:
-                while len(readers) > 1:  # reads are short: a begin, a few gets, an abort
+                while len(readers) > 1 + own:  # reads are short: a begin, a few gets, an abort
                     time.sleep(_DRAIN_POLL_S)
                 yield
             finally:

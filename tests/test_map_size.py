@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import pytest
 
 from wasmkv import host, kv
 from wasmkv.kv._lmdb import DEFAULT_MAP_SIZE_BYTES, DEFAULT_MAX_MAP_SIZE_BYTES, LmdbStore
+
+NS_INSIDE = kv.Namespace("acme", "default")
 
 MIB = 1 << 20
 #: One overflow page each on 4 KiB pages, so a 1 MiB map holds some 250 of them.
@@ -291,3 +294,32 @@ def test_a_bad_config_map_size_is_one_line_naming_the_key(tmp_path: Path, table:
     assert "\n" not in text
     assert text.startswith(f"{tmp_path / 'wasmkv.toml'}: store.map_size: ")
     assert re.search(message, text)
+
+
+def test_a_write_that_must_grow_the_map_from_inside_a_read_of_the_same_thread_is_refused_not_hung(
+    tmp_path: Path,
+) -> None:
+    # A clock callback runs inside read transactions; one that writes (as a signal handler might)
+    # must neither remap under its own read nor wait for it forever.
+    store_path = tmp_path / "s"
+    inside: list[bool] = []
+    errors: list[str] = []
+
+    def clock() -> float:
+        if inside:
+            inside.clear()
+            try:
+                engine.set(NS_INSIDE, b"big", b"x" * (2 << 20), None, kv.Quota(max_value_bytes=4 << 20))
+            except kv.BackendUnavailable as exc:
+                errors.append(str(exc))
+        return time.time()
+
+    engine = LmdbStore(store_path, map_size=1 << 20, clock=clock)
+    try:
+        inside.append(True)
+        engine.scan(NS_INSIDE, kv.KeyRange(), None, 10, kv.SCAN_PAGE_MAX_BYTES)  # its clock call writes
+        assert errors and "inside a read" in errors[0]
+        engine.set(NS_INSIDE, b"big", b"x" * (2 << 20), None, kv.Quota(max_value_bytes=4 << 20))  # outside: grows
+        assert engine.get(NS_INSIDE, b"big") == b"x" * (2 << 20)
+    finally:
+        engine.close()
