@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
+
+from _buildkit import OUT, compile_to  # plugins/ is on sys.path: this script lives there
 
 PLUGINS = Path(__file__).resolve().parent
 ROOT = PLUGINS.parent
 GUEST = ROOT / "abi" / "guest"
-OUT = PLUGINS / "build"
 # Not plugin sources: everything else in plugins/ must be one.
-NOT_PLUGINS = {"build.py", "README.md", "build", "__pycache__"}
+NOT_PLUGINS = {"build.py", "_buildkit.py", "README.md", "build", "__pycache__"}
 #: Folders whose plugins other toolchains build (`--all`), each with its own build.py.
 TOOLCHAINS = ("rust", "assemblyscript", "extism")
 WASI = PLUGINS / "wasi"
@@ -100,18 +101,9 @@ def wasi_c_command(src: Path, out: Path) -> list[str]:
 COMMANDS = {".c": c_command, ".zig": zig_command}
 
 
-def build(src: Path, command: list[str], out: Path) -> bool:
-    """Run one build; print its line; True if it made `out`."""
-    out.unlink(missing_ok=True)
-    start = time.perf_counter()
-    result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=OUT)
-    ms = (time.perf_counter() - start) * 1000
-    if result.returncode == 0 and out.is_file():
-        print(f"{src.stem:<12} {out.stat().st_size:>7} bytes {ms:>7.0f} ms", flush=True)
-        return True
-    print(f"{src.stem:<12} {'FAILED':>13} {ms:>7.0f} ms", flush=True)
-    sys.stderr.write(result.stdout + result.stderr)
-    return False
+def build(src: Path, command: Callable[[Path, Path], list[str]]) -> bool:
+    """Build one source to plugins/build/<name>.wasm; print its line; True if it made it."""
+    return compile_to(src.stem, lambda where: command(src, where), OUT / f"{src.stem}.wasm", cwd=OUT)
 
 
 def main() -> int:
@@ -133,12 +125,10 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     failed = []
     for src in [] if only_wasi else entries:
-        out = OUT / f"{src.stem}.wasm"
-        if not build(src, COMMANDS[src.suffix](src, out), out):
+        if not build(src, COMMANDS[src.suffix]):
             failed.append(src.name)
     for src in sorted(WASI.glob("*.c")) if everything or only_wasi else []:
-        out = OUT / f"{src.stem}.wasm"
-        if not build(src, wasi_c_command(src, out), out):
+        if not build(src, wasi_c_command):
             failed.append(f"wasi/{src.name}")
     if everything:
         for toolchain in TOOLCHAINS:

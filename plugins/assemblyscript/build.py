@@ -13,19 +13,16 @@ Prints one line per plugin and exits non-zero if anything fails.
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE.parent / "build"
-NODE_MODULES = HERE / "node_modules"
-ASC = NODE_MODULES / ".bin" / "asc"
-MIN_NODE = 20
+sys.path.insert(0, str(HERE.parent))  # plugins/, for what the build scripts share
+
+from _buildkit import OUT, build_all, compile_to, node_problem, npm_ci  # noqa: E402
+
+ASC = HERE / "node_modules" / ".bin" / "asc"
 
 #: Release build. The runtime is asc's default (`incremental`): instances are reused across
 #: calls, so memory must be collected (`stub` never frees). No `--use abort=`: the host provides
@@ -33,74 +30,21 @@ MIN_NODE = 20
 ASC_FLAGS = ["--runtime", "incremental", "--optimizeLevel", "3", "--shrinkLevel", "2", "--noAssert", "--noColors"]
 
 
-def node_problem() -> str | None:
-    """Why node cannot build the plugins (missing, too old, no npm), or None."""
-    node = shutil.which("node")
-    if node is None:
-        return f"node >= {MIN_NODE} is needed to build the AssemblyScript plugins; node is not on PATH"
-    try:
-        version = subprocess.run([node, "--version"], check=True, capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError) as exc:
-        return f"node >= {MIN_NODE} is needed to build the AssemblyScript plugins; {node} --version failed: {exc}"
-    found = re.match(r"v(\d+)\.", version)
-    if found is None or int(found.group(1)) < MIN_NODE:
-        return f"node >= {MIN_NODE} is needed to build the AssemblyScript plugins; {node} is {version or 'unknown'}"
-    if shutil.which("npm") is None:
-        return "npm is needed to install the AssemblyScript compiler; npm is not on PATH"
-    return None
-
-
-def installed() -> bool:
-    """Whether node_modules holds exactly the packages of package-lock.json (and asc)."""
-    if not ASC.exists():
-        return False
-    try:
-        packages = json.loads((HERE / "package-lock.json").read_text())["packages"]
-        for where, locked in packages.items():
-            if not where.startswith("node_modules/"):
-                continue
-            manifest = json.loads((HERE / where / "package.json").read_text())
-            if manifest.get("version") != locked.get("version"):
-                return False
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return True
-
-
-def install() -> bool:
-    """`npm ci` in this folder; True if it worked."""
-    print("assemblyscript: npm ci (node_modules missing or stale)", file=sys.stderr, flush=True)
-    npm = shutil.which("npm") or "npm"
-    result = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"], check=False, capture_output=True, text=True, cwd=HERE
-    )
-    if result.returncode != 0:
-        sys.stderr.write(result.stdout + result.stderr)
-        print("npm ci failed", file=sys.stderr)
-        return False
-    return installed()
-
-
 def build(src: Path) -> bool:
     """Compile one plugin; print its line; True if it made plugins/build/<name>.wasm."""
-    out = OUT / f"{src.stem}.wasm"
-    out.unlink(missing_ok=True)
-    # Run node on asc itself, so the node checked above is the one that compiles. Relative to
-    # HERE, the source's name (in abort messages) is just `<name>.ts`.
-    command = [shutil.which("node") or "node", str(ASC), src.name, "--outFile", str(out), *ASC_FLAGS]
-    start = time.perf_counter()
-    result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=HERE)
-    ms = (time.perf_counter() - start) * 1000
-    if result.returncode == 0 and out.is_file():
-        print(f"{src.stem:<12} {out.stat().st_size:>7} bytes {ms:>7.0f} ms", flush=True)
-        return True
-    print(f"{src.stem:<12} {'FAILED':>13} {ms:>7.0f} ms", flush=True)
-    sys.stderr.write(result.stdout + result.stderr)
-    return False
+    # Run node on asc itself, so the node checked is the one that compiles. Relative to HERE,
+    # the source's name (in abort messages) is just `<name>.ts`.
+    node = shutil.which("node") or "node"
+    return compile_to(
+        src.stem,
+        lambda where: [node, str(ASC), src.name, "--outFile", str(where), *ASC_FLAGS],
+        OUT / f"{src.stem}.wasm",
+        cwd=HERE,
+    )
 
 
 def main() -> int:
-    problem = node_problem()
+    problem = node_problem("the AssemblyScript plugins")
     if problem is not None:
         print(problem, file=sys.stderr)
         return 1
@@ -108,14 +52,9 @@ def main() -> int:
     if not sources:
         print(f"no plugins found in {HERE}", file=sys.stderr)
         return 1
-    if not installed() and not install():
+    if not npm_ci(HERE) or not ASC.exists():
         return 1
-    OUT.mkdir(exist_ok=True)
-    failed = [src.name for src in sources if not build(src)]
-    if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return build_all(sources, build)
 
 
 if __name__ == "__main__":

@@ -19,120 +19,54 @@ if anything fails.
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE.parent / "build"
-MODULES = HERE / "node_modules"
-ASC = MODULES / "assemblyscript" / "bin" / "asc.js"
-NODE_MAJOR = 20
+sys.path.insert(0, str(HERE.parent))  # plugins/, for what the build scripts share
+
+from _buildkit import OUT, build_all, compile_to, node_problem, npm_ci  # noqa: E402
+
+ASC = HERE / "node_modules" / "assemblyscript" / "bin" / "asc.js"
 
 
-def node_major(node: str) -> int | None:
-    """The major version of `node --version`, or None if it does not run or says nothing readable."""
-    try:
-        result = subprocess.run([node, "--version"], check=False, capture_output=True, text=True, timeout=60)
-    except OSError:
-        return None
-    found = re.match(r"v?(\d+)\.", result.stdout.strip())
-    return int(found.group(1)) if result.returncode == 0 and found else None
-
-
-def stale_modules() -> list[str]:
-    """The packages of package-lock.json that node_modules lacks or holds at another version."""
-    lock = json.loads((HERE / "package-lock.json").read_text(encoding="utf-8"))
-    stale = []
-    for where, entry in lock.get("packages", {}).items():
-        if not where.startswith("node_modules/"):
-            continue
-        manifest = HERE / where / "package.json"
-        try:
-            installed = json.loads(manifest.read_text(encoding="utf-8")).get("version")
-        except (OSError, ValueError):
-            installed = None
-        if installed != entry.get("version"):
-            stale.append(where.removeprefix("node_modules/"))
-    return stale
-
-
-def npm_ci(npm: str) -> bool:
-    """Install the locked packages; print its line; True if it worked."""
-    start = time.perf_counter()
-    result = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund"], check=False, capture_output=True, text=True, cwd=HERE
-    )
-    ms = (time.perf_counter() - start) * 1000
-    ok = result.returncode == 0 and not stale_modules()
-    print(f"{'npm ci':<12} {'done' if ok else 'FAILED':>13} {ms:>7.0f} ms", flush=True)
-    if not ok:
-        sys.stderr.write(result.stdout + result.stderr)
-    return ok
-
-
-def build(node: str, src: Path) -> bool:
+def build(src: Path) -> bool:
     """Compile one plugin to plugins/build/<name>.wasm; print its line; True if it made it."""
-    out = OUT / f"{src.stem}.wasm"
-    partial = OUT / f".{src.stem}.partial.wasm"  # renamed into place: no reader sees half a module
-    partial.unlink(missing_ok=True)
-    command = [
-        node,
-        str(ASC),
-        src.name,
-        "--config",
-        "asconfig.json",
-        "--use",
-        f"abort={src.stem}/abort",
-        "--outFile",
-        str(partial),
-    ]
-    start = time.perf_counter()
-    result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=HERE)
-    ms = (time.perf_counter() - start) * 1000
-    if result.returncode == 0 and partial.is_file() and partial.stat().st_size > 0:
-        os.replace(partial, out)
-        print(f"{src.stem:<12} {out.stat().st_size:>7} bytes {ms:>7.0f} ms", flush=True)
-        return True
-    partial.unlink(missing_ok=True)
-    print(f"{src.stem:<12} {'FAILED':>13} {ms:>7.0f} ms", flush=True)
-    sys.stderr.write(result.stdout + result.stderr)
-    return False
+    node = shutil.which("node") or "node"
+    return compile_to(
+        src.stem,
+        lambda where: [
+            node,
+            str(ASC),
+            src.name,
+            "--config",
+            "asconfig.json",
+            "--use",
+            f"abort={src.stem}/abort",
+            "--outFile",
+            str(where),
+        ],
+        OUT / f"{src.stem}.wasm",
+        cwd=HERE,
+    )
 
 
 def main() -> int:
     if sys.argv[1:]:
         print("usage: python plugins/extism/build.py", file=sys.stderr)
         return 2
-    node = shutil.which("node")
-    major = node_major(node) if node else None
-    if node is None or major is None or major < NODE_MAJOR:
-        found = "none found" if node is None else f"{node} is {'unreadable' if major is None else f'v{major}'}"
-        print(f"the Extism plugins need Node.js >= {NODE_MAJOR} and npm ({found})", file=sys.stderr)
+    problem = node_problem("the Extism plugins")
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 1
     sources = sorted(HERE.glob("*.ts"))
     if not sources:
         print("no Extism plugins found (plugins/extism/*.ts)", file=sys.stderr)
         return 1
-    if stale_modules() or not ASC.is_file():
-        npm = shutil.which("npm")
-        if npm is None:
-            print(f"the Extism plugins need Node.js >= {NODE_MAJOR} and npm (no npm found)", file=sys.stderr)
-            return 1
-        if not npm_ci(npm):
-            return 1
-
-    OUT.mkdir(exist_ok=True)
-    failed = [src.name for src in sources if not build(node, src)]
-    if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    if not npm_ci(HERE) or not ASC.is_file():
         return 1
-    return 0
+    return build_all(sources, build)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
 RUST = Path(__file__).resolve().parent
-OUT = RUST.parent / "build"
+sys.path.insert(0, str(RUST.parent))  # plugins/, for what the build scripts share
+
+from _buildkit import OUT, build_all, compile_to  # noqa: E402
+
 TARGET_DIR = RUST / "target"
 
 CARGO = Path("/usr/bin/cargo")
@@ -97,26 +99,20 @@ def build(crate: Path) -> bool:
         print(f"{crate.name:<12} {'FAILED':>13}", flush=True)
         print(error, file=sys.stderr)
         return False
-    out = OUT / f"{name}.wasm"
-    command = [str(CARGO), "build", "--offline", "--release", "--target", target]
-    env = dict(os.environ, RUSTC=str(RUSTC), CARGO_TARGET_DIR=str(TARGET_DIR))
-    start = time.perf_counter()
-    result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=crate, env=env)
-    ms = (time.perf_counter() - start) * 1000
-    artifact = TARGET_DIR / target / "release" / f"{name.replace('-', '_')}.wasm"
-    if result.returncode != 0 or not artifact.is_file():
-        out.unlink(missing_ok=True)  # no stale module left behind
-        print(f"{name:<12} {'FAILED':>13} {ms:>7.0f} ms", flush=True)
-        sys.stderr.write(result.stdout + result.stderr)
-        return False
-    if "warning" in result.stderr:
-        sys.stderr.write(result.stderr)
-    # Copy, then rename: a reader (a test loading the last build) never sees half a module, nor none.
-    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    shutil.copyfile(artifact, partial)
-    partial.replace(out)
-    print(f"{name:<12} {out.stat().st_size:>7} bytes {ms:>7.0f} ms", flush=True)
-    return True
+
+    def warnings(result: subprocess.CompletedProcess[str]) -> None:
+        if "warning" in result.stderr:
+            sys.stderr.write(result.stderr)
+
+    return compile_to(
+        name,
+        lambda where: [str(CARGO), "build", "--offline", "--release", "--target", target],
+        OUT / f"{name}.wasm",
+        cwd=crate,
+        env=dict(os.environ, RUSTC=str(RUSTC), CARGO_TARGET_DIR=str(TARGET_DIR)),
+        artifact=TARGET_DIR / target / "release" / f"{name.replace('-', '_')}.wasm",
+        after=warnings,
+    )
 
 
 def main() -> int:
@@ -129,12 +125,7 @@ def main() -> int:
         return 1
     if not ensure_toolchain():
         return 1
-    OUT.mkdir(exist_ok=True)
-    failed = [crate.name for crate in crates if not build(crate)]
-    if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return build_all(crates, build)
 
 
 if __name__ == "__main__":
