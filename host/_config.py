@@ -54,7 +54,18 @@ from ._config_keys import keys_of
 from ._errors import ConfigError
 from ._limits import Limits
 
-__all__ = ["DEFAULT_DEV_LISTEN", "Config", "DevConfig", "PluginConfig", "StoreConfig", "load_config"]
+__all__ = [
+    "DEFAULT_DEV_LISTEN",
+    "DEFAULT_POOL_SIZE",
+    "DEFAULT_SERVE_LISTEN",
+    "Config",
+    "DevConfig",
+    "PluginConfig",
+    "ServeConfig",
+    "ServeToken",
+    "StoreConfig",
+    "load_config",
+]
 
 DEFAULT_DEV_LISTEN: Final = "127.0.0.1:8737"
 DEFAULT_DEBOUNCE_MS: Final = 50
@@ -62,6 +73,17 @@ DEFAULT_DEBOUNCE_MS: Final = 50
 DEFAULT_DEV_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 #: `[dev] workers`: requests the endpoint serves at once.
 DEFAULT_DEV_WORKERS: Final = 8
+DEFAULT_SERVE_LISTEN: Final = "127.0.0.1:8080"
+#: `[serve] max_body_bytes`: the largest request body `wasmkv serve` reads.
+DEFAULT_SERVE_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+#: `[plugins.NAME] pool_size`: instances of one plugin that may run calls at once.
+DEFAULT_POOL_SIZE: Final = 2
+#: The most instances one plugin may have: each may hold `memory_bytes`.
+MAX_POOL_SIZE: Final = 64
+#: The most worker processes `wasmkv serve` starts.
+MAX_SERVE_WORKERS: Final = 64
+#: A token grant naming this instead of tenants grants every tenant.
+ALL_TENANTS: Final = "*"
 
 T = TypeVar("T")
 _log = logging.getLogger("wasmkv.config")
@@ -89,6 +111,7 @@ class PluginConfig:
     sources: tuple[str, ...]
     wasi: bool = False
     config: dict[str, str] = dataclasses.field(default_factory=dict)
+    pool_size: int = DEFAULT_POOL_SIZE
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -105,6 +128,36 @@ class DevConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ServeToken:
+    """One `[[serve.tokens]]` entry: the sha256 of a bearer token and the tenants it grants."""
+
+    #: Lowercase hex sha256 of the token's UTF-8 bytes; the token itself is never in the file.
+    sha256: str
+    #: The tenants it may call and read; `"*"` is every tenant.
+    tenants: frozenset[str]
+
+    def grants(self, tenant: str) -> bool:
+        """Whether this token may reach `tenant`."""
+        return tenant in self.tenants or ALL_TENANTS in self.tenants
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """`[serve]`: how `wasmkv serve` listens, whom it lets in, and how much it reads."""
+
+    listen: str = DEFAULT_SERVE_LISTEN
+    workers: int = 1
+    max_body_bytes: int = DEFAULT_SERVE_MAX_BODY_BYTES
+    tokens: tuple[ServeToken, ...] = ()
+    #: Whether `/healthz` and `/readyz` need a token (any valid one); open by default for probes.
+    auth_health: bool = False
+    #: Whether `/metrics` needs a token (any valid one).
+    auth_metrics: bool = False
+    #: "text" or "json" log records.
+    log_format: str = "text"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     """A whole `wasmkv.toml`, checked."""
 
@@ -114,6 +167,9 @@ class Config:
     dev: DevConfig
     tenants: dict[str, kv.Quota]
     plugins: dict[str, PluginConfig]
+    serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
+    #: `[tenants.NAME] max_concurrent_calls`, for the tenants that set it: calls in flight per serve worker.
+    max_concurrent_calls: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def listen(self) -> str:
@@ -212,7 +268,7 @@ class _Reader:
 
     def done(self, table: str) -> None:
         """Refuse any key not read, naming the keys `table` accepts (as the reference declares them)."""
-        allowed = keys_of(table) if table else ["store", "cache", "dev", "tenants", "plugins"]
+        allowed = keys_of(table) if table else ["store", "cache", "dev", "serve", "tenants", "plugins"]
         undeclared = self.seen - set(allowed)
         assert not undeclared, f"[{table}] reads keys the reference does not declare: {sorted(undeclared)}"
         unknown = sorted(set(self.table) - self.seen)
@@ -282,7 +338,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
     dev = _dev(top.sub("dev"))
 
-    tenants = {name: _quota(table) for name, table in _named_tables(top, "tenants", "tenant")}
+    tenants: dict[str, kv.Quota] = {}
+    max_calls: dict[str, int] = {}
+    for name, table in _named_tables(top, "tenants", "tenant"):
+        calls = table.get("max_concurrent_calls", int, None, _positive)
+        if calls is not None:
+            max_calls[name] = calls
+        tenants[name] = _quota(table)
+    serve = _serve(top.sub("serve"), tenants)
 
     plugins = {name: _plugin(table, name, root, tenants) for name, table in _named_tables(top, "plugins", "plugin")}
     top.done("")
@@ -293,6 +356,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         dev=dev,
         tenants=tenants,
         plugins=plugins,
+        serve=serve,
+        max_concurrent_calls=max_calls,
     )
 
 
@@ -345,6 +410,70 @@ def _dev(table: _Reader | None) -> DevConfig:
     )
     table.done("dev")
     return dev
+
+
+def _serve(table: _Reader | None, tenants: dict[str, kv.Quota]) -> ServeConfig:
+    if table is None:
+        return ServeConfig()
+    defaults = ServeConfig()
+    table.seen.add("tokens")
+    raw_tokens = table.table.get("tokens", [])
+    if not isinstance(raw_tokens, list):
+        raise table.error(
+            table.key("tokens"), f"must be an array of tables ([[serve.tokens]]), got {_kind(raw_tokens)}"
+        )
+    tokens: list[ServeToken] = []
+    for index, raw in enumerate(raw_tokens):
+        entry = _Reader(table.file, f"{table.key('tokens')}[{index}]", raw)
+        if "token" in entry.table:
+            raise entry.error(
+                entry.key("token"),
+                "tokens are never written in plain text: set sha256 = the hex sha256 of the token "
+                '(e.g. `printf %s "$TOKEN" | sha256sum`)',
+            )
+        digest = entry.get("sha256", str, None, _sha256)
+        if digest is None:
+            raise entry.error(entry.key("sha256"), "is required: the hex sha256 of the token")
+        granted = entry.get("tenants", list, None)
+        if not granted or not all(isinstance(name, str) for name in granted):
+            raise entry.error(entry.key("tenants"), 'must be a non-empty array of tenant names (or ["*"] for all)')
+        for name in granted:
+            if name != ALL_TENANTS and name not in tenants:
+                raise entry.error(entry.key("tenants"), f"tenant {name!r} is not declared in [tenants]")
+        entry.done("serve.tokens")
+        digest = digest.lower()
+        if any(token.sha256 == digest for token in tokens):
+            raise entry.error(entry.key("sha256"), "the same token is declared twice")
+        tokens.append(ServeToken(digest, frozenset(granted)))
+    serve = ServeConfig(
+        listen=table.get("listen", str, defaults.listen, _listen) or defaults.listen,
+        workers=table.get("workers", int, defaults.workers, _workers) or defaults.workers,
+        max_body_bytes=table.get("max_body_bytes", int, defaults.max_body_bytes, _positive) or defaults.max_body_bytes,
+        tokens=tuple(tokens),
+        auth_health=bool(table.get("auth_health", bool, False)),
+        auth_metrics=bool(table.get("auth_metrics", bool, False)),
+        log_format=table.get("log_format", str, defaults.log_format, _log_format) or defaults.log_format,
+    )
+    table.done("serve")
+    return serve
+
+
+def _sha256(value: str) -> str | None:
+    if len(value) == 64 and all(char in "0123456789abcdefABCDEF" for char in value):
+        return None
+    return f"must be 64 hex digits (a sha256), got {len(value)} characters"
+
+
+def _workers(value: int) -> str | None:
+    return None if 1 <= value <= MAX_SERVE_WORKERS else f"must be 1-{MAX_SERVE_WORKERS}, got {value}"
+
+
+def _pool_size(value: int) -> str | None:
+    return None if 1 <= value <= MAX_POOL_SIZE else f"must be 1-{MAX_POOL_SIZE}, got {value}"
+
+
+def _log_format(value: str) -> str | None:
+    return None if value in ("text", "json") else f'must be "text" or "json", got {value!r}'
 
 
 def _compiler(value: str) -> str | None:
@@ -421,6 +550,7 @@ def _plugin(table: _Reader, name: str, root: Path, tenants: dict[str, kv.Quota])
     fuel = table.get("fuel", int, None, _positive)
     table_elements = table.get("table_elements", int, None, _positive)
     wasi = bool(table.get("wasi", bool, False))
+    pool_size = table.get("pool_size", int, DEFAULT_POOL_SIZE, _pool_size) or DEFAULT_POOL_SIZE
     plugin_config = table.get("config", dict, {}) or {}
     for key, value in plugin_config.items():
         if not isinstance(value, str):
@@ -453,6 +583,7 @@ def _plugin(table: _Reader, name: str, root: Path, tenants: dict[str, kv.Quota])
         sources=tuple(sources),
         wasi=wasi,
         config=dict(plugin_config),
+        pool_size=pool_size,
     )
 
 

@@ -17,14 +17,14 @@ from typing import Final
 import msgpack
 
 from .. import kv
-from ..abi import ENV_MODULE, HOST_MODULE, KV_MODULE, LIST_MAX_LIMIT, Status
+from ..abi import ENV_MODULE, HOST_MODULE, KV_MODULE, LIST_MAX_LIMIT, Status, status_name
 from ._errors import AbiStatusError
 from ._ffi import GuestMemory, RawCallback, Slots
 from ._limits import Limits
 from ._requests import key_list, key_value_map, small_map
 from ._text import safe_text
 
-__all__ = ["LOG_BYTES_PER_CALL", "AbiImports", "CallDeadline", "Grant", "PluginLog", "StartFunctionCall"]
+__all__ = ["KV_OPS", "LOG_BYTES_PER_CALL", "AbiImports", "CallDeadline", "Grant", "PluginLog", "StartFunctionCall"]
 
 _I32_MAX: Final = 2**31 - 1
 _LOG_LEVELS: Final = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
@@ -36,6 +36,21 @@ LOG_RECORD_COST: Final = 16
 _ABORT_TEXT_BYTES: Final = 2048
 _ABORT_TEXT_CHARS: Final = 1024
 _monotonic = time.monotonic
+#: The KV imports counted per call (`AbiImports.op_calls` is indexed so; `get` first, counted inline).
+KV_OPS: Final = (
+    "get",
+    "set",
+    "set_with_ttl",
+    "delete",
+    "exists",
+    "increment",
+    "compare_and_swap",
+    "list_keys",
+    "scan",
+    "get_many",
+    "set_many",
+    "delete_many",
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -68,9 +83,11 @@ class GuestAbort(Exception):
 class PluginLog:
     """A plugin's log for one call at a time: escaped lines, at most `LOG_BYTES_PER_CALL` characters per call."""
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, extra: dict[str, str] | None = None) -> None:
         self.logger = logger
         self.written = 0
+        # Fields every record carries (plugin, tenant, export, version) for structured log output.
+        self.extra: dict[str, str] = extra if extra is not None else {}
 
     def begin_call(self) -> None:
         """Start counting a new call's log volume."""
@@ -99,10 +116,12 @@ class PluginLog:
         self.written += len(text) + LOG_RECORD_COST + (room if cut else 0)
         if cut or len(text) + LOG_RECORD_COST > room:
             # Escapes make text longer than the bytes it came from: the cap counts what is written.
-            self.logger.log(level, "%s", text[:room])
-            self.logger.warning("log truncated: this call wrote over %d bytes of log", LOG_BYTES_PER_CALL)
+            self.logger.log(level, "%s", text[:room], extra=self.extra)
+            self.logger.warning(
+                "log truncated: this call wrote over %d bytes of log", LOG_BYTES_PER_CALL, extra=self.extra
+            )
             return
-        self.logger.log(level, "%s", text)
+        self.logger.log(level, "%s", text, extra=self.extra)
 
 
 class _NoMemory:
@@ -178,27 +197,30 @@ class AbiImports:
         self.handle_of: dict[bytes, int] = {}
         self.input = b""
         self.output = bytearray()
-        self.log = PluginLog(grant.logger)
+        self.log = PluginLog(grant.logger, {"plugin": grant.plugin, "tenant": grant.tenant.name})
         # Monotonic seconds at which the current call ends; an import called later ends the call.
         self.deadline = float("inf")
+        # KV operations of the current call: calls by op (indexed as KV_OPS) and refusals by (op, status).
+        self.op_calls = [0] * len(KV_OPS)
+        self.op_refusals: dict[tuple[str, str], int] = {}
 
     def bodies(self) -> dict[tuple[str, str], RawCallback]:
         """Every import body, by (module, name); each checks the call's deadline first."""
-        timed = self.timed
+        timed, counted = self.timed, self.counted
         return {
             (KV_MODULE, "open"): timed(self._open),
-            (KV_MODULE, "get"): self._get,  # the hot path checks the deadline inline
-            (KV_MODULE, "set"): timed(self._set),
-            (KV_MODULE, "set_with_ttl"): timed(self._set_with_ttl),
-            (KV_MODULE, "delete"): timed(self._delete),
-            (KV_MODULE, "exists"): timed(self._exists),
-            (KV_MODULE, "increment"): timed(self._increment),
-            (KV_MODULE, "compare_and_swap"): timed(self._compare_and_swap),
-            (KV_MODULE, "list_keys"): timed(self._list_keys),
-            (KV_MODULE, "scan"): timed(self._scan),
-            (KV_MODULE, "get_many"): timed(self._get_many),
-            (KV_MODULE, "set_many"): timed(self._set_many),
-            (KV_MODULE, "delete_many"): timed(self._delete_many),
+            (KV_MODULE, "get"): self._get,  # the hot path checks the deadline and counts inline
+            (KV_MODULE, "set"): counted("set", self._set),
+            (KV_MODULE, "set_with_ttl"): counted("set_with_ttl", self._set_with_ttl),
+            (KV_MODULE, "delete"): counted("delete", self._delete),
+            (KV_MODULE, "exists"): counted("exists", self._exists),
+            (KV_MODULE, "increment"): counted("increment", self._increment),
+            (KV_MODULE, "compare_and_swap"): counted("compare_and_swap", self._compare_and_swap),
+            (KV_MODULE, "list_keys"): counted("list_keys", self._list_keys),
+            (KV_MODULE, "scan"): counted("scan", self._scan),
+            (KV_MODULE, "get_many"): counted("get_many", self._get_many),
+            (KV_MODULE, "set_many"): counted("set_many", self._set_many),
+            (KV_MODULE, "delete_many"): counted("delete_many", self._delete_many),
             (HOST_MODULE, "input"): timed(self._input),
             (HOST_MODULE, "output"): timed(self._output),
             (HOST_MODULE, "log"): timed(self._log),
@@ -215,6 +237,39 @@ class AbiImports:
             return body(slots)
 
         return timed
+
+    def counted(self, op: str, body: RawCallback) -> RawCallback:
+        """`body` timed (see `timed`) and counted as KV operation `op` (one of `KV_OPS`)."""
+        calls, index = self.op_calls, KV_OPS.index(op)
+
+        def counted(slots: Slots) -> int | None:
+            if _monotonic() > self.deadline:
+                raise _past_deadline()
+            calls[index] += 1
+            return body(slots)
+
+        return counted
+
+    def refused(self, op: str, status: int) -> None:
+        """Count KV operation `op` of this call as refused with `status` (it was counted as made)."""
+        key = (op, (status_name(status) or str(status)).lower())
+        self.op_refusals[key] = self.op_refusals.get(key, 0) + 1
+
+    def take_op_counts(self) -> dict[tuple[str, str], int]:
+        """The KV operations of the call just ended, (op, outcome) → count, and reset them."""
+        calls, refusals = self.op_calls, self.op_refusals
+        counts: dict[tuple[str, str], int] = {}
+        if any(calls):
+            for index, op in enumerate(KV_OPS):
+                if made := calls[index]:
+                    calls[index] = 0
+                    refused = sum(count for (name, _), count in refusals.items() if name == op)
+                    if made > refused:
+                        counts[op, "ok"] = made - refused
+        if refusals:
+            counts.update(refusals)
+            self.op_refusals = {}
+        return counts
 
     def status_of(self, exc: BaseException) -> int | None:
         """The status an exception from a body returns to the guest; None if it is a host bug."""
@@ -284,6 +339,7 @@ class AbiImports:
         # The hottest import: bounds checks and the handle lookup inlined.
         if _monotonic() > self.deadline:
             raise _past_deadline()
+        self.op_calls[0] += 1
         handle, key_pointer, key_length, out_pointer, capacity = s[0], s[4], s[8], s[12], s[16]
         handles = self.handles
         if handle < 0 or handle >= len(handles):

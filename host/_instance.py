@@ -25,7 +25,7 @@ from ..abi import (
 from ._errors import LoadError
 from ._extism import EXTISM_IMPORTS, EXTISM_MODULE, KERNEL_FUNCTIONS, ExtismKernel
 from ._ffi import ExportFunc, GuestMemory, Slots, define_unchecked
-from ._imports import AbiImports, CallDeadline, Grant, GuestAbort, StartFunctionCall
+from ._imports import KV_OPS, AbiImports, CallDeadline, Grant, GuestAbort, StartFunctionCall
 from ._limits import MAX_MEMORIES, MAX_TABLES
 from ._sandbox import Compiled, Sandbox
 from ._wasi import FD_WRITE, POLL_ONEOFF, WasiStreams, fd_write, poll_oneoff, wasi_config
@@ -57,6 +57,7 @@ class Instance:
     def __init__(self, compiled: Compiled, grant: Grant, sandbox: Sandbox) -> None:
         self.grant = grant
         self.sandbox = sandbox
+        self.version = compiled.info.sha256
         # An Extism plugin's kernel is a second instance, with a second memory, in the same store.
         self.store = sandbox.new_store(compiled.engine, grant.limits, kernel=compiled.info.extism)
         self.linker = wasmtime.Linker(compiled.engine)
@@ -80,7 +81,8 @@ class Instance:
                     self.linker.define(self.store, module_name, name, self.extism.functions[name])
                     continue
                 signature = _SIGNATURES.get(module_name, HOST_IMPORTS)[name]
-                on_error = self._on_error(f"{module_name}.{name}")
+                op = name if module_name == KV_MODULE and name in KV_OPS else None
+                on_error = self._on_error(f"{module_name}.{name}", op)
                 self._callbacks.append(
                     define_unchecked(self.linker, module_name, name, signature, bodies[module_name, name], on_error)
                 )
@@ -155,13 +157,16 @@ class Instance:
             if self.wasi is not None:
                 self.wasi.flush()
 
-    def run(self, func: ExportFunc, input: bytes, deadline_ms: int) -> int:
-        """Run entry point `func` with `input` for at most `deadline_ms`, within the grant's fuel; its status.
+    def run(self, func: ExportFunc, input: bytes, deadline_ms: int, export: str = "") -> int:
+        """Run entry point `func` (named `export`, for logs) with `input` for at most `deadline_ms`; its status.
 
         Raises:
             wasmtime.Trap, wasmtime.WasmtimeError: if the call trapped (see `host_error`).
         """
         limits = self.grant.limits
+        extra = self.imports.log.extra
+        extra["export"] = export
+        extra["version"] = self.version
         self.imports.begin_call(input, deadline_ms)
         if self.extism is not None:
             self.extism.begin_call(input)
@@ -196,10 +201,12 @@ class Instance:
         self.store.close()
         self.linker.close()
 
-    def _on_error(self, where: str) -> Callable[[BaseException], int | bytes]:
+    def _on_error(self, where: str, op: str | None = None) -> Callable[[BaseException], int | bytes]:
         def on_error(exc: BaseException) -> int | bytes:
             status = self.imports.status_of(exc)
             if status is not None:
+                if op is not None:
+                    self.imports.refused(op, status)
                 return status
             if isinstance(exc, CallDeadline):
                 self.timed_out = True

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
+from concurrent.futures import Executor
 
 import wasmtime
 
@@ -13,6 +15,7 @@ from ..abi import describe_status
 from ._errors import (
     LoadError,
     PluginClosed,
+    PluginError,
     PluginFuelExhausted,
     PluginStatusError,
     PluginTimeout,
@@ -23,46 +26,137 @@ from ._imports import Grant
 from ._instance import Instance, trap_reason
 from ._limits import Limits
 from ._sandbox import Compiled, Sandbox, Source
+from ._stats import CallRecord, Observer, PluginCounters, PluginStats, notify
 from ._text import safe_name, safe_text
 
 __all__ = ["Plugin", "Version"]
 
+#: The outcome a call that raised is counted as (`CallRecord.outcome`); any other error is a "trap".
+_OUTCOMES: dict[type[PluginError], str] = {
+    PluginStatusError: "error",
+    PluginTimeout: "timeout",
+    PluginFuelExhausted: "fuel_exhausted",
+    UnknownExport: "unknown_export",
+    PluginClosed: "closed",
+}
+
+
+class _Call:
+    """One call's slot: the instance it runs on (None once dropped) and the KV operations it made."""
+
+    __slots__ = ("instance", "kv_ops")
+
+    def __init__(self, instance: Instance | None) -> None:
+        self.instance = instance
+        self.kv_ops: dict[tuple[str, str], int] = {}
+
 
 class Version:
-    """One compiled version of a plugin and the instance that runs it, behind a lock."""
+    """One compiled version of a plugin and its pool of instances.
 
-    def __init__(self, compiled: Compiled) -> None:
+    A call takes an idle instance (or a free slot, instantiated on first use)
+    and gives it back when done; once the version is retired (replaced by a
+    reload, or the plugin closed) instances are closed as they come back.
+    """
+
+    def __init__(self, compiled: Compiled, pool_size: int = 1) -> None:
         self.compiled = compiled
         self.sha256 = compiled.info.sha256
         self.entry_points = list(compiled.info.entry_points)
-        self.lock = threading.Lock()
-        self.instance: Instance | None = None
+        self.pool_size = pool_size
+        # Free slots: an idle instance, or None for one not made yet (or dropped after a trap).
+        self._free: list[Instance | None] = [None] * pool_size
+        self._ready = threading.Condition(threading.Lock())
+        self.busy = 0  # slots taken by calls running now
         # Set once a newer version replaced this one: late callers move on to the new one.
         self.retired = False
 
+    def acquire(self) -> tuple[bool, Instance | None]:
+        """Wait for a free slot: (True, its instance or None to make one), or (False, None) once retired."""
+        with self._ready:
+            while not self._free and not self.retired:
+                self._ready.wait()
+            if self.retired:
+                return False, None
+            self.busy += 1
+            return True, self._free.pop()
+
+    def release(self, instance: Instance | None) -> None:
+        """Give a slot back: its instance to reuse, or None if it was dropped (closed after a trap)."""
+        with self._ready:
+            self.busy -= 1
+            if not self.retired:
+                self._free.append(instance)
+                self._ready.notify()
+                return
+            self._ready.notify_all()  # a `retire(wait=True)` may be waiting for the last one
+        if instance is not None:
+            instance.close()
+
+    def seed(self, instance: Instance) -> None:
+        """Put a first instance in the pool (made at load, so a module that cannot start fails there)."""
+        with self._ready:
+            self._free[-1] = instance
+
+    @property
+    def instance(self) -> Instance | None:
+        """An idle instance, if any (for diagnostics and tests; a call takes one with `acquire`)."""
+        free = self._free
+        return free[-1] if free else None
+
+    def retire(self, *, wait: bool = False) -> None:
+        """No more calls on this version: close the idle instances; busy ones close as they come back.
+
+        With `wait`, return only once the calls running now have ended (by their deadline at the latest).
+        """
+        with self._ready:
+            self.retired = True
+            idle, self._free = self._free, []
+            self._ready.notify_all()
+        for instance in idle:
+            if instance is not None:
+                instance.close()
+        if wait:
+            with self._ready:
+                while self.busy:
+                    self._ready.wait()
+
 
 class Plugin:
-    """A loaded plugin bound to a tenant: call its entry points with `call`.
+    """A loaded plugin bound to a tenant: call its entry points with `call` (or `acall`).
 
-    Thread-safe: calls to one plugin run one at a time. A trap, timeout or
-    memory bomb fails that call only; the next call gets a fresh instance.
-    Build one with `Host.load`.
+    Thread-safe: up to `pool_size` calls run at once, each on its own
+    instance (instances share nothing but the store); more wait for one to
+    be free. A trap, timeout or memory bomb fails that call only; its
+    instance is replaced. `limits.memory_bytes` caps each instance, so a
+    plugin may use up to `pool_size` times that. Build one with `Host.load`.
     """
 
-    def __init__(self, sandbox: Sandbox, grant: Grant, version: Version) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        grant: Grant,
+        version: Version,
+        *,
+        executor: Executor | None = None,
+        observers: list[Observer] | None = None,
+    ) -> None:
         self.name = grant.plugin
         self.tenant: kv.Tenant = grant.tenant
         self.buckets = grant.buckets
         self.limits: Limits = grant.limits
         self.logger = grant.logger
+        self.pool_size = version.pool_size
         self._sandbox = sandbox
         self._grant = grant
         self._version = version
         self._reload_lock = threading.Lock()
         self._closed = False
-        # Instantiate now so a module that cannot start fails at load, not at its first call.
-        with version.lock:
-            version.instance = Instance(version.compiled, grant, sandbox)
+        self._executor = executor
+        self._observers = observers if observers is not None else []
+        self.counters = PluginCounters()
+        # Instantiate one now so a module that cannot start fails at load, not at its first call.
+        version.seed(Instance(version.compiled, grant, sandbox))
 
     @property
     def version(self) -> str:
@@ -91,23 +185,61 @@ class Plugin:
                 f"plugin {self.name!r} input must be bytes, got {type(input).__name__}"
                 + (": encode text first, e.g. input.encode()" if isinstance(input, str) else "")
             )
+        counters = self.counters
         while True:
+            if self._closed:
+                raise PluginClosed(f"plugin {self.name!r} is closed", plugin=self.name, export=export)
             version = self._version  # a concurrent reload swaps this; a call finishes on the one it took
-            with version.lock:
-                if not version.retired:
-                    return self._call(version, export, input)
-
-    def _call(self, version: Version, export: str, input: bytes) -> bytes:
-        """Run one call on `version`; the caller holds its lock."""
-        if self._closed:
-            raise PluginClosed(f"plugin {self.name!r} is closed", plugin=self.name, export=export)
+            taken, instance = version.acquire()
+            if taken:
+                break
+        call = _Call(instance)
+        counters.busy += 1  # under the GIL: a gauge, exact enough without a lock
         started = time.monotonic()
-        instance = version.instance
+        outcome, status = "ok", None
+        try:
+            return self._call(version, call, export, input, started)
+        except PluginError as exc:
+            outcome = _OUTCOMES.get(type(exc), "trap")
+            status = exc.status if isinstance(exc, PluginStatusError) else None
+            raise
+        finally:
+            counters.busy -= 1
+            version.release(call.instance)
+            record = CallRecord(
+                self.name,
+                self.tenant.name,
+                export,
+                version.sha256,
+                outcome,
+                time.monotonic() - started,
+                status,
+                call.kv_ops,
+            )
+            counters.record(record)
+            if self._observers:
+                notify(self._observers, record)
+
+    async def acall(self, export: str, input: bytes = b"") -> bytes:
+        """As `call`, awaited: the call runs on the host's bounded executor, never on the event loop.
+
+        Raises:
+            As `call`.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.call, export, input)
+
+    def _call(self, version: Version, call: _Call, export: str, input: bytes, started: float) -> bytes:
+        """Run one call of `version` on `call.instance` (made now if None); its output.
+
+        Leaves in `call` the instance to give back (None if it was dropped) and the call's KV operations.
+        """
+        instance = call.instance
         if instance is None:
             # A fresh instance (after a trap) runs the module's start function again: that time is
             # this call's, and a start function that fails is this call's failure, not a load error.
             try:
-                instance = version.instance = Instance(version.compiled, self._grant, self._sandbox)
+                instance = call.instance = Instance(version.compiled, self._grant, self._sandbox)
             except LoadError as exc:
                 cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
                 raise self._trap_error(export, cause, b"", timed_out=False) from exc
@@ -124,15 +256,17 @@ class Plugin:
             late = TimeoutError("the deadline passed while a new instance ran its start function")
             raise self._trap_error(export, late, b"", timed_out=True)
         try:
-            status = instance.run(func, bytes(input), math.ceil(left_ms))
+            status = instance.run(func, bytes(input), math.ceil(left_ms), export)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             output = instance.output
             host_error = instance.host_error
             timed_out = instance.timed_out
             error = instance.error
+            call.kv_ops = instance.imports.take_op_counts()
             instance.close()
-            version.instance = None
+            call.instance = None
             raise self._trap_error(export, exc, output, timed_out=timed_out, error=error) from host_error or exc
+        call.kv_ops = instance.imports.take_op_counts()
         output = instance.output
         instance.imports.output = bytearray()  # the call's output is the caller's now: release it
         error = instance.error
@@ -184,32 +318,46 @@ class Plugin:
 
         Calls already running finish on the old version, later calls get the
         new one; the plugin's stored state is untouched. The old version's
-        instance is released once its running call (if any) ends.
+        instances are released as their running calls (if any) end.
 
         Raises:
             LoadError: if the new module does not compile, breaks the ABI or
                 fails to instantiate; the old version keeps serving.
         """
-        version = Version(self._sandbox.compile(source, name=self.name, limits=self.limits, wasi=self._grant.wasi))
-        with version.lock:
-            version.instance = Instance(version.compiled, self._grant, self._sandbox)
+        try:
+            compiled = self._sandbox.compile(source, name=self.name, limits=self.limits, wasi=self._grant.wasi)
+            version = Version(compiled, self.pool_size)
+            version.seed(Instance(version.compiled, self._grant, self._sandbox))
+        except BaseException:
+            self._reloaded("failed")
+            raise
         with self._reload_lock:
             old, self._version = self._version, version
-        with old.lock:
-            old.retired = True
-            if old.instance is not None:
-                old.instance.close()
-                old.instance = None
+        old.retire()
+        if self._closed:  # closed while this reload compiled: the new version must not outlive it
+            version.retire()
+        self._reloaded("ok")
         return version
 
+    def _reloaded(self, outcome: str) -> None:
+        self.counters.reloaded(outcome)
+        for observer in self._observers:
+            try:
+                observer.reloaded(self.name, self.tenant.name, outcome)
+            except Exception:
+                self.logger.exception("observer %r failed on a reload", observer)
+
+    def stats(self) -> PluginStats:
+        """This plugin's counters (calls by export and outcome, durations, KV operations, reloads)."""
+        return self.counters.snapshot(self.name, self.tenant.name, self.version, self.pool_size)
+
     def close(self) -> None:
-        """Release the plugin's instance; idempotent. Later calls raise `PluginClosed`."""
+        """Release the plugin's instances; idempotent. Later calls raise `PluginClosed`.
+
+        Waits for the calls running now to finish (by their deadline at the latest).
+        """
         self._closed = True
-        version = self._version
-        with version.lock:
-            if version.instance is not None:
-                version.instance.close()
-                version.instance = None
+        self._version.retire(wait=True)
 
     def __repr__(self) -> str:
         return f"Plugin({self.name!r}, tenant={self.tenant.name!r}, version={self.version[:12]})"

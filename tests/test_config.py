@@ -85,7 +85,7 @@ def test_an_empty_config_uses_the_defaults(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("[store\npath = 1", r"not valid TOML: .*line 1"),
-        ("colour = 1", r"colour: unknown key \(allowed here: store, cache, dev, tenants, plugins\)"),
+        ("colour = 1", r"colour: unknown key \(allowed here: store, cache, dev, serve, tenants, plugins\)"),
         ("[store]\npath = 3", r"store\.path: must be a string, got an integer"),
         ("[store]\npath = 'a'\nurl = 'redis://x'", r"store: set either path \(the embedded store\) or url"),
         (

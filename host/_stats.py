@@ -1,0 +1,176 @@
+"""What a host has done: per-plugin call, KV-operation and reload counts, kept without dependencies.
+
+`Host.stats()` returns a `HostStats` snapshot built from these counters; `wasmkv
+serve` turns the same events into Prometheus metrics through an `Observer`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Final, Protocol
+
+__all__ = [
+    "CALL_OUTCOMES",
+    "SECONDS_BUCKETS",
+    "CallRecord",
+    "ExportStats",
+    "HostStats",
+    "Observer",
+    "PluginCounters",
+    "PluginStats",
+]
+
+_log = logging.getLogger("wasmkv.host")
+
+#: What a call can end as (`CallRecord.outcome`).
+CALL_OUTCOMES: Final = ("ok", "error", "timeout", "fuel_exhausted", "trap", "unknown_export", "closed")
+#: Upper bounds (seconds) of the call-duration histogram's buckets; a last bucket takes the rest.
+SECONDS_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One finished plugin call, as observers see it."""
+
+    plugin: str
+    tenant: str
+    export: str
+    #: The sha256 of the module version that ran it.
+    version: str
+    #: One of `CALL_OUTCOMES`.
+    outcome: str
+    seconds: float
+    #: For a call that returned a non-zero status, that status (e.g. -6); else None.
+    status: int | None
+    #: KV operations the call made: (op, outcome) → count; outcome is "ok" or a status name
+    #: in lower case such as "quota_exceeded" or "rate_limited".
+    kv_ops: Mapping[tuple[str, str], int]
+
+
+class Observer(Protocol):
+    """Told of every finished call and every reload; must be quick and must not raise."""
+
+    def call_done(self, record: CallRecord) -> None:
+        """A call ended (whatever its outcome)."""
+
+    def reloaded(self, plugin: str, tenant: str, outcome: str) -> None:
+        """A reload of `plugin` ended as "ok" or "failed"."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExportStats:
+    """Calls to one entry point of one plugin since the host started."""
+
+    export: str
+    #: Outcome (see `CALL_OUTCOMES`) → calls.
+    outcomes: Mapping[str, int]
+    #: Total seconds spent in these calls.
+    seconds: float
+    #: Calls per duration bucket: `buckets[i]` counts calls of at most `SECONDS_BUCKETS[i]` seconds
+    #: and more than the bound before it; the last entry counts the longer ones.
+    buckets: tuple[int, ...]
+
+    @property
+    def calls(self) -> int:
+        """All calls, whatever their outcome."""
+        return sum(self.outcomes.values())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PluginStats:
+    """One loaded plugin: where it runs, what it has done."""
+
+    name: str
+    tenant: str
+    #: The sha256 of the module now serving.
+    version: str
+    pool_size: int
+    #: Calls running now.
+    busy: int
+    exports: Mapping[str, ExportStats]
+    #: (op, outcome) → count, as in `CallRecord.kv_ops`.
+    kv_ops: Mapping[tuple[str, str], int]
+    #: "ok" / "failed" → reloads.
+    reloads: Mapping[str, int]
+
+    @property
+    def quota_rejections(self) -> int:
+        """KV writes refused for the tenant's quota."""
+        return sum(count for (_op, outcome), count in self.kv_ops.items() if outcome == "quota_exceeded")
+
+    @property
+    def rate_limited(self) -> int:
+        """KV operations refused for the tenant's `ops_per_second`."""
+        return sum(count for (_op, outcome), count in self.kv_ops.items() if outcome == "rate_limited")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostStats:
+    """A snapshot of `Host.stats()`: every loaded plugin's counters, taken at `taken_at` (Unix time)."""
+
+    plugins: Mapping[str, PluginStats]
+    taken_at: float
+
+
+class PluginCounters:
+    """The running counts of one plugin (kept across reloads), updated by each call under a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._outcomes: dict[str, dict[str, int]] = {}
+        self._seconds: dict[str, float] = {}
+        self._buckets: dict[str, list[int]] = {}
+        self._kv_ops: dict[tuple[str, str], int] = {}
+        self._reloads: dict[str, int] = {}
+        self.busy = 0
+
+    def record(self, record: CallRecord) -> None:
+        """Count one finished call."""
+        export = record.export
+        with self._lock:
+            outcomes = self._outcomes.get(export)
+            if outcomes is None:
+                outcomes = self._outcomes[export] = {}
+                self._seconds[export] = 0.0
+                self._buckets[export] = [0] * (len(SECONDS_BUCKETS) + 1)
+            outcomes[record.outcome] = outcomes.get(record.outcome, 0) + 1
+            self._seconds[export] += record.seconds
+            self._buckets[export][bisect.bisect_left(SECONDS_BUCKETS, record.seconds)] += 1
+            for key, count in record.kv_ops.items():
+                self._kv_ops[key] = self._kv_ops.get(key, 0) + count
+
+    def reloaded(self, outcome: str) -> None:
+        """Count one reload that ended as `outcome`."""
+        with self._lock:
+            self._reloads[outcome] = self._reloads.get(outcome, 0) + 1
+
+    def snapshot(self, name: str, tenant: str, version: str, pool_size: int) -> PluginStats:
+        """These counts as a `PluginStats`."""
+        with self._lock:
+            exports = {
+                export: ExportStats(export, dict(outcomes), self._seconds[export], tuple(self._buckets[export]))
+                for export, outcomes in self._outcomes.items()
+            }
+            return PluginStats(
+                name=name,
+                tenant=tenant,
+                version=version,
+                pool_size=pool_size,
+                busy=self.busy,
+                exports=exports,
+                kv_ops=dict(self._kv_ops),
+                reloads=dict(self._reloads),
+            )
+
+
+def notify(observers: list[Observer], record: CallRecord) -> None:
+    """Tell every observer of `record`; an observer's failure is logged, never the call's."""
+    for observer in observers:
+        try:
+            observer.call_done(record)
+        except Exception:
+            _log.exception("observer %r failed on a call record", observer)
