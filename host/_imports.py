@@ -259,7 +259,7 @@ class AbiImports:
         """The KV operations of the call just ended, (op, outcome) → count, and reset them."""
         calls, refusals = self.op_calls, self.op_refusals
         counts: dict[tuple[str, str], int] = {}
-        if any(calls):
+        if calls.count(0) != len(calls):  # a C loop: most calls make few kinds of operation
             for index, op in enumerate(KV_OPS):
                 if made := calls[index]:
                     calls[index] = 0

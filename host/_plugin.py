@@ -31,6 +31,8 @@ from ._text import safe_name, safe_text
 
 __all__ = ["Plugin", "Version"]
 
+_monotonic = time.monotonic
+
 #: The outcome a call that raised is counted as (`CallRecord.outcome`); any other error is a "trap".
 _OUTCOMES: dict[type[PluginError], str] = {
     PluginStatusError: "error",
@@ -66,16 +68,23 @@ class Version:
         self.pool_size = pool_size
         # Free slots: an idle instance, or None for one not made yet (or dropped after a trap).
         self._free: list[Instance | None] = [None] * pool_size
-        self._ready = threading.Condition(threading.Lock())
+        # `with self._lock` is C code; the condition (on the same lock) is used only to wait.
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
         self.busy = 0  # slots taken by calls running now
+        self._waiting = 0  # callers waiting for a slot: a release notifies only if there are any
         # Set once a newer version replaced this one: late callers move on to the new one.
         self.retired = False
 
     def acquire(self) -> tuple[bool, Instance | None]:
         """Wait for a free slot: (True, its instance or None to make one), or (False, None) once retired."""
-        with self._ready:
+        with self._lock:
             while not self._free and not self.retired:
-                self._ready.wait()
+                self._waiting += 1
+                try:
+                    self._ready.wait()
+                finally:
+                    self._waiting -= 1
             if self.retired:
                 return False, None
             self.busy += 1
@@ -83,11 +92,12 @@ class Version:
 
     def release(self, instance: Instance | None) -> None:
         """Give a slot back: its instance to reuse, or None if it was dropped (closed after a trap)."""
-        with self._ready:
+        with self._lock:
             self.busy -= 1
             if not self.retired:
                 self._free.append(instance)
-                self._ready.notify()
+                if self._waiting:
+                    self._ready.notify()
                 return
             self._ready.notify_all()  # a `retire(wait=True)` may be waiting for the last one
         if instance is not None:
@@ -95,7 +105,7 @@ class Version:
 
     def seed(self, instance: Instance) -> None:
         """Put a first instance in the pool (made at load, so a module that cannot start fails there)."""
-        with self._ready:
+        with self._lock:
             self._free[-1] = instance
 
     @property
@@ -109,7 +119,7 @@ class Version:
 
         With `wait`, return only once the calls running now have ended (by their deadline at the latest).
         """
-        with self._ready:
+        with self._lock:
             self.retired = True
             idle, self._free = self._free, []
             self._ready.notify_all()
@@ -117,7 +127,7 @@ class Version:
             if instance is not None:
                 instance.close()
         if wait:
-            with self._ready:
+            with self._lock:
                 while self.busy:
                     self._ready.wait()
 
@@ -194,8 +204,7 @@ class Plugin:
             if taken:
                 break
         call = _Call(instance)
-        counters.busy += 1  # under the GIL: a gauge, exact enough without a lock
-        started = time.monotonic()
+        started = _monotonic()
         outcome, status = "ok", None
         try:
             return self._call(version, call, export, input, started)
@@ -204,20 +213,13 @@ class Plugin:
             status = exc.status if isinstance(exc, PluginStatusError) else None
             raise
         finally:
-            counters.busy -= 1
             version.release(call.instance)
-            record = CallRecord(
-                self.name,
-                self.tenant.name,
-                export,
-                version.sha256,
-                outcome,
-                time.monotonic() - started,
-                status,
-                call.kv_ops,
-            )
-            counters.record(record)
+            seconds = _monotonic() - started
+            counters.record(export, outcome, seconds, call.kv_ops)
             if self._observers:
+                record = CallRecord(
+                    self.name, self.tenant.name, export, version.sha256, outcome, seconds, status, call.kv_ops
+                )
                 notify(self._observers, record)
 
     async def acall(self, export: str, input: bytes = b"") -> bytes:
@@ -349,7 +351,8 @@ class Plugin:
 
     def stats(self) -> PluginStats:
         """This plugin's counters (calls by export and outcome, durations, KV operations, reloads)."""
-        return self.counters.snapshot(self.name, self.tenant.name, self.version, self.pool_size)
+        version = self._version
+        return self.counters.snapshot(self.name, self.tenant.name, version.sha256, self.pool_size, version.busy)
 
     def close(self) -> None:
         """Release the plugin's instances; idempotent. Later calls raise `PluginClosed`.

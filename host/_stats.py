@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 __all__ = [
     "CALL_OUTCOMES",
@@ -32,9 +32,8 @@ CALL_OUTCOMES: Final = ("ok", "error", "timeout", "fuel_exhausted", "trap", "unk
 SECONDS_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class CallRecord:
-    """One finished plugin call, as observers see it."""
+class CallRecord(NamedTuple):
+    """One finished plugin call, as observers see it (a named tuple: one is built per call)."""
 
     plugin: str
     tenant: str
@@ -116,51 +115,57 @@ class HostStats:
     taken_at: float
 
 
+class _ExportCounts:
+    __slots__ = ("buckets", "outcomes", "seconds")
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, int] = {}
+        self.seconds = 0.0
+        self.buckets = [0] * (len(SECONDS_BUCKETS) + 1)
+
+
 class PluginCounters:
     """The running counts of one plugin (kept across reloads), updated by each call under a lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._outcomes: dict[str, dict[str, int]] = {}
-        self._seconds: dict[str, float] = {}
-        self._buckets: dict[str, list[int]] = {}
+        self._exports: dict[str, _ExportCounts] = {}
         self._kv_ops: dict[tuple[str, str], int] = {}
         self._reloads: dict[str, int] = {}
-        self.busy = 0
 
-    def record(self, record: CallRecord) -> None:
+    def record(self, export: str, outcome: str, seconds: float, kv_ops: Mapping[tuple[str, str], int]) -> None:
         """Count one finished call."""
-        export = record.export
         with self._lock:
-            outcomes = self._outcomes.get(export)
-            if outcomes is None:
-                outcomes = self._outcomes[export] = {}
-                self._seconds[export] = 0.0
-                self._buckets[export] = [0] * (len(SECONDS_BUCKETS) + 1)
-            outcomes[record.outcome] = outcomes.get(record.outcome, 0) + 1
-            self._seconds[export] += record.seconds
-            self._buckets[export][bisect.bisect_left(SECONDS_BUCKETS, record.seconds)] += 1
-            for key, count in record.kv_ops.items():
-                self._kv_ops[key] = self._kv_ops.get(key, 0) + count
+            counts = self._exports.get(export)
+            if counts is None:
+                counts = self._exports[export] = _ExportCounts()
+            outcomes = counts.outcomes
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            counts.seconds += seconds
+            counts.buckets[bisect.bisect_left(SECONDS_BUCKETS, seconds)] += 1
+            if kv_ops:
+                totals = self._kv_ops
+                for key, count in kv_ops.items():
+                    totals[key] = totals.get(key, 0) + count
 
     def reloaded(self, outcome: str) -> None:
         """Count one reload that ended as `outcome`."""
         with self._lock:
             self._reloads[outcome] = self._reloads.get(outcome, 0) + 1
 
-    def snapshot(self, name: str, tenant: str, version: str, pool_size: int) -> PluginStats:
+    def snapshot(self, name: str, tenant: str, version: str, pool_size: int, busy: int) -> PluginStats:
         """These counts as a `PluginStats`."""
         with self._lock:
             exports = {
-                export: ExportStats(export, dict(outcomes), self._seconds[export], tuple(self._buckets[export]))
-                for export, outcomes in self._outcomes.items()
+                export: ExportStats(export, dict(counts.outcomes), counts.seconds, tuple(counts.buckets))
+                for export, counts in self._exports.items()
             }
             return PluginStats(
                 name=name,
                 tenant=tenant,
                 version=version,
                 pool_size=pool_size,
-                busy=self.busy,
+                busy=busy,
                 exports=exports,
                 kv_ops=dict(self._kv_ops),
                 reloads=dict(self._reloads),
