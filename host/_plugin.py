@@ -200,6 +200,13 @@ class Plugin:
             if self._closed:
                 raise PluginClosed(f"plugin {self.name!r} is closed", plugin=self.name, export=export)
             version = self._version  # a concurrent reload swaps this; a call finishes on the one it took
+            # The uncontended case inline (a free slot, taken under the lock); `acquire` waits for one.
+            with version._lock:
+                free = version._free
+                if free and not version.retired:
+                    version.busy += 1
+                    instance = free.pop()
+                    break
             taken, instance = version.acquire()
             if taken:
                 break
@@ -213,7 +220,15 @@ class Plugin:
             status = exc.status if isinstance(exc, PluginStatusError) else None
             raise
         finally:
-            version.release(call.instance)
+            with version._lock:
+                kept = not version.retired
+                if kept:  # the common case inline; `release` closes the instance of a retired version
+                    version.busy -= 1
+                    version._free.append(call.instance)
+                    if version._waiting:
+                        version._ready.notify()
+            if not kept:
+                version.release(call.instance)
             seconds = _monotonic() - started
             counters.record(export, outcome, seconds, call.kv_ops)
             if self._observers:
