@@ -3,9 +3,11 @@
 `KvStore.open(path)` is durable on an embedded engine (LMDB); `KvStore.memory()`
 lives in RAM. Engines implement `Store` (or `AsyncStore`, bridged with
 `SyncBridge`); the front layer (`KvStore` → `Tenant` → `Bucket`) validates every
-key and enforces quotas around any of them.
+key and enforces quotas around any of them. `tenant.async_bucket()` is the same
+bucket for asyncio code (`AsyncBucket`).
 """
 
+from ._async_bucket import AsyncBucket
 from ._backends import BACKENDS, COMMON_OPTIONS, Backend, Option, backend_for
 from ._bridge import DEFAULT_BRIDGE_TIMEOUT_S, SyncBridge
 from ._dump import DUMP_FORMAT, DUMP_VERSION, ImportReport, export_tenant, import_dump
@@ -60,6 +62,7 @@ __all__ = [
     "MAX_TTL_MS",
     "SCAN_PAGE_MAX_BYTES",
     "AccessDenied",
+    "AsyncBucket",
     "AsyncStore",
     "Backend",
     "BackendUnavailable",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from ._errors import InvalidArgument
-from ._protocol import Store
+from ._protocol import AsyncStore, Store
 from ._rules import (
     DEFAULT_KEY_PREFIX,
     DEFAULT_READ_CACHE_MS,
@@ -111,10 +111,13 @@ _KIND_NAMES: Final[dict[type, str]] = {bool: "a boolean", int: "an integer", flo
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Opened:
-    """An engine, and what to run after it is closed (removing a scratch directory)."""
+    """An engine, what to run after it is closed (removing a scratch directory), and how to open an async twin."""
 
     engine: Store
     on_close: Callable[[], None] | None = None
+    #: For an engine bound to one event loop (a `SyncBridge`): opens another async engine on the same
+    #: data, with the same options, for `AsyncBucket`s to await on another loop.
+    open_async: Callable[[], AsyncStore] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -188,12 +191,17 @@ def _open_redis(location: str, options: dict[str, Any], clock: Clock) -> Opened:
     cache_size = options.pop("read_cache_size", 0)
     cache_ms = options.pop("read_cache_ms", None)
     options.setdefault("password", os.environ.get(PASSWORD_VARIABLE) or None)
-    engine = RedisStore.from_url(location, **options)
-    async_engine: Any = engine
-    if cache_size:
-        async_engine = ReadCache(engine, size=cache_size, **({} if cache_ms is None else {"max_age_ms": cache_ms}))
+
+    # The bridge's engine and every event loop's twin (see `Opened.open_async`) are built by this one recipe.
+    def open_async() -> AsyncStore:
+        engine = RedisStore.from_url(location, **options)
+        if not cache_size:
+            return engine
+        return ReadCache(engine, size=cache_size, **({} if cache_ms is None else {"max_age_ms": cache_ms}))
+
+    timeout_s = options.get("timeout_s", DEFAULT_REDIS_TIMEOUT_S)
     # The bridge is a backstop over the store's own per-operation timeout: it only fires if the loop is stuck.
-    return Opened(SyncBridge(async_engine, timeout_s=engine.timeout_s + _BRIDGE_GRACE_S))
+    return Opened(SyncBridge(open_async(), timeout_s=timeout_s + _BRIDGE_GRACE_S), open_async=open_async)
 
 
 _LMDB = Backend("lmdb", "an embedded (LMDB) store", _LOCAL_OPTIONS, _open_lmdb, honours_clock=True)

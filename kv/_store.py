@@ -11,12 +11,13 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
+from ._async_bucket import AsyncBucket, LoopEngines, ThreadedStore
 from ._backends import BACKENDS, backend_for, check_options
 from ._errors import BackendUnavailable, InvalidArgument
-from ._protocol import Store
+from ._protocol import AsyncStore, ScanItem, Store
 from ._rules import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_SWEEP_INTERVAL_S,
@@ -96,6 +97,11 @@ class KvStore:
 
     Build one with `KvStore.open(path)` (durable) or `KvStore.memory()`, or
     wrap any engine implementing `kv.Store`. Thread-safe; a context manager.
+
+    `open_async_engine` is for an engine bound to one event loop (a `SyncBridge`):
+    it opens another async engine on the same data, which `AsyncBucket`s then
+    use, one per event loop, so that asyncio code awaits it on its own loop.
+    Without it, `AsyncBucket`s drive `engine` itself (see `AsyncBucket`).
     """
 
     def __init__(
@@ -106,8 +112,13 @@ class KvStore:
         sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S,
         on_close: Callable[[], None] | None = None,
         tenant_refresh_s: float = DEFAULT_TENANT_REFRESH_S,
+        open_async_engine: Callable[[], AsyncStore] | None = None,
     ) -> None:
         self.engine = engine
+        # What `AsyncBucket`s await: a twin engine per event loop, or this engine with its writes off the loop.
+        self._async: LoopEngines | ThreadedStore = (
+            ThreadedStore(engine) if open_async_engine is None else LoopEngines(open_async_engine)
+        )
         self.clock = clock
         self.tenant_refresh_s = tenant_refresh_s
         self._tenants: dict[str, Tenant] = {}
@@ -204,14 +215,26 @@ class KvStore:
         if not isinstance(sweep_interval_s, _Unset):
             interval = sweep_interval_s
         opened = backend.open(location, check_options(backend, options), clock)
-        return cls(opened.engine, clock=clock, sweep_interval_s=interval, on_close=opened.on_close)
+        return cls(
+            opened.engine,
+            clock=clock,
+            sweep_interval_s=interval,
+            on_close=opened.on_close,
+            open_async_engine=opened.open_async,
+        )
 
     @classmethod
     def _opened(
         cls, scheme: str, location: str, options: dict[str, Any], clock: Clock, sweep_interval_s: float | None
     ) -> KvStore:
         opened = BACKENDS[scheme].open(location, options, clock)
-        return cls(opened.engine, clock=clock, sweep_interval_s=sweep_interval_s, on_close=opened.on_close)
+        return cls(
+            opened.engine,
+            clock=clock,
+            sweep_interval_s=sweep_interval_s,
+            on_close=opened.on_close,
+            open_async_engine=opened.open_async,
+        )
 
     def tenant(self, name: str, quota: Quota | None = None) -> Tenant:
         """The tenant called `name`; with `quota`, first store that quota as the tenant's.
@@ -289,12 +312,13 @@ class KvStore:
         return total
 
     def close(self) -> None:
-        """Stop the sweeper and close the engine; idempotent."""
+        """Stop the sweeper, close what `AsyncBucket`s use (see `AsyncBucket`), then the engine; idempotent."""
         if self._closed.is_set():
             return
         self._closed.set()
         if self._sweeper is not None:
             self._sweeper.join()
+        self._async.close()
         self.engine.close()
         if self._on_close is not None:
             self._on_close()
@@ -341,9 +365,18 @@ class Tenant:
             stored = self.store.engine.tenant_quota(self.name)
         except BackendUnavailable:
             # Keep the quota last read; the operation under way meets the same engine and says so.
-            self._fetched_at = time.monotonic()
-            return
+            stored = self._quota
         self._use(Quota() if stored is None else stored)
+
+    async def _aquota(self, read: Callable[[str], Awaitable[Quota | None]]) -> Quota:
+        """`quota`, refreshed when due by awaiting `read` (an async engine's `tenant_quota`), as `_refresh` does."""
+        if time.monotonic() - self._fetched_at > self.store.tenant_refresh_s:
+            try:
+                stored = await read(self.name)
+            except BackendUnavailable:
+                stored = self._quota
+            self._use(Quota() if stored is None else stored)
+        return self._quota
 
     def _use(self, quota: Quota) -> None:
         if quota != self._quota or (self._limiter is None) != (quota.ops_per_second is None):
@@ -370,6 +403,14 @@ class Tenant:
             InvalidArgument: if the name is not 1-64 chars of `[A-Za-z0-9_-]`.
         """
         return Bucket(self, Namespace(self.name, check_name("bucket", name)))
+
+    def async_bucket(self, name: str = "default") -> AsyncBucket:
+        """The bucket called `name` in this tenant, for asyncio code: `Bucket`'s methods, awaited.
+
+        Raises:
+            InvalidArgument: if the name is not 1-64 chars of `[A-Za-z0-9_-]`.
+        """
+        return AsyncBucket(self.bucket(name), self.store._async)
 
     def usage(self) -> Usage:
         """Keys and bytes (key + value) this tenant holds now; expired keys never count."""
@@ -398,26 +439,110 @@ class Bucket:
         """The bucket's name."""
         return self._ns.bucket
 
-    def _key(self, key: Key) -> bytes:
-        tenant = self.tenant
-        raw = encode_key(key, tenant.quota.max_key_bytes)
+    # The validation every method does, shared with `AsyncBucket`. Each takes the quota the caller read once
+    # (an `AsyncBucket` reads it without the sync engine) and spends the rate only once its input is valid.
+
+    def _key(self, quota: Quota, key: Key) -> bytes:
+        raw = encode_key(key, quota.max_key_bytes)
         # Validate first: a rejected call must not spend the tenant's rate.
-        if tenant._limiter is not None:
-            tenant._limiter.acquire()
+        limiter = self.tenant._limiter
+        if limiter is not None:
+            limiter.acquire()
         return raw
 
-    def _keys(self, keys: Iterable[Key]) -> list[bytes]:
+    def _keys(self, quota: Quota, keys: Iterable[Key]) -> list[bytes]:
         if isinstance(keys, str | bytes):
             raise InvalidArgument("keys must be a collection of keys, not a single key")
         keys = list(keys)
         check_batch_size(len(keys))
-        max_key_bytes = self.tenant.quota.max_key_bytes
-        raw = _batch_fast_path(keys, max_key_bytes)
+        raw = _batch_fast_path(keys, quota.max_key_bytes)
         if raw is None:
-            raw = [encode_key(key, max_key_bytes) for key in keys]
-        if self.tenant._limiter is not None:
-            self.tenant._limiter.acquire(max(1, len(raw)))
+            raw = [encode_key(key, quota.max_key_bytes) for key in keys]
+        limiter = self.tenant._limiter
+        if limiter is not None:
+            limiter.acquire(max(1, len(raw)))
         return raw
+
+    def _set_args(
+        self, quota: Quota, key: Key, value: bytes, ttl_ms: int | _Unset = _UNSET
+    ) -> tuple[Namespace, bytes, bytes, int | None, Quota]:
+        value = check_value(value, quota.max_value_bytes)
+        ttl = None if isinstance(ttl_ms, _Unset) else check_ttl_ms(ttl_ms)
+        return self._ns, self._key(quota, key), value, ttl, quota
+
+    def _increment_args(self, quota: Quota, key: Key, delta: int) -> tuple[Namespace, bytes, int, Quota]:
+        delta = check_delta(delta)
+        return self._ns, self._key(quota, key), delta, quota
+
+    def _cas_args(
+        self, quota: Quota, key: Key, expected: bytes | None, new: bytes
+    ) -> tuple[Namespace, bytes, bytes | None, bytes, Quota]:
+        if expected is not None:
+            # No size limit on `expected`: a value longer than any storable one simply never matches.
+            if not isinstance(expected, bytes | bytearray | memoryview):
+                raise InvalidArgument(f"expected must be bytes or None, got {type(expected).__name__}")
+            expected = bytes(expected)
+        new = check_value(new, quota.max_value_bytes)
+        return self._ns, self._key(quota, key), expected, new, quota
+
+    def _set_many_args(
+        self, quota: Quota, items: Mapping[Key, bytes] | Iterable[tuple[Key, bytes]]
+    ) -> tuple[Namespace, list[tuple[bytes, bytes]], Quota]:
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        for pair in pairs:
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise InvalidArgument(f"set_many takes a mapping or (key, value) pairs, got {pair!r:.80}")
+        values = [check_value(value, quota.max_value_bytes) for _, value in pairs]
+        raw = self._keys(quota, (key for key, _ in pairs))
+        return self._ns, list(zip(raw, values, strict=True)), quota
+
+    def _page_args(
+        self,
+        quota: Quota,
+        prefix: Key,
+        start: Key | None,
+        end: Key | None,
+        reverse: bool,
+        cursor: str | None,
+        limit: int,
+    ) -> tuple[KeyRange, bytes | None, int]:
+        """A listing's range, where it resumes and its page size, validated; spends one rate token."""
+        max_key_bytes = quota.max_key_bytes
+        if type(reverse) is not bool:
+            raise InvalidArgument(f"reverse must be True or False, got {reverse!r}")
+        key_range = KeyRange(
+            encode_key(prefix, max_key_bytes, what="prefix", allow_empty=True),
+            None if start is None else encode_key(start, max_key_bytes, what="start", allow_empty=True),
+            None if end is None else encode_key(end, max_key_bytes, what="end", allow_empty=True),
+            reverse,
+        )
+        limit = check_limit(limit)
+        after = None if cursor is None else decode_cursor(cursor, key_range, max_key_bytes)
+        limiter = self.tenant._limiter
+        if limiter is not None:
+            limiter.acquire()
+        return key_range, after, limit
+
+    @staticmethod
+    def _key_page(key_range: KeyRange, keys: list[bytes], more: bool) -> KeyPage:
+        next_cursor = encode_cursor(key_range, keys[-1]) if more and keys else None
+        return KeyPage(keys=[key.decode() for key in keys], cursor=next_cursor)
+
+    def _scan_page(self, key_range: KeyRange, found: list[ScanItem], more: bool) -> ScanPage:
+        # The page's first pair was paid for up front; the rest are charged now that their number is known.
+        limiter = self.tenant._limiter
+        if limiter is not None and len(found) > 1:
+            limiter.charge(len(found) - 1)
+        next_cursor = encode_cursor(key_range, found[-1][0]) if more and found else None
+        return ScanPage(items=[(key.decode(), value) for key, value, _ in found], cursor=next_cursor)
+
+    @staticmethod
+    def _in_order(raw: list[bytes], unique: list[bytes], values: list[bytes | None]) -> list[bytes | None]:
+        """The values read for `unique` (the distinct keys of `raw`), one per key of `raw`."""
+        if len(unique) == len(raw):
+            return values
+        by_key = dict(zip(unique, values, strict=True))
+        return [by_key[key] for key in raw]
 
     def get(self, key: Key) -> bytes | None:
         """The value stored at `key`, or None if it is missing or expired.
@@ -426,7 +551,7 @@ class Bucket:
             InvalidKey: if the key is invalid.
             RateLimited: if the tenant is over `ops_per_second`.
         """
-        # The hot path, inlined: validate, spend one rate token, read.
+        # The hot path, `_key` inlined: validate, spend one rate token, read.
         tenant = self.tenant
         raw = encode_key(key, tenant.quota.max_key_bytes)
         if tenant._limiter is not None:
@@ -439,9 +564,7 @@ class Bucket:
         Raises:
             InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited: as named; nothing is written.
         """
-        quota = self.tenant.quota
-        value = check_value(value, quota.max_value_bytes)
-        self._engine.set(self._ns, self._key(key), value, None, quota)
+        self._engine.set(*self._set_args(self.tenant.quota, key, value))
 
     def set_with_ttl(self, key: Key, value: bytes, ttl_ms: int) -> None:
         """Store `value` at `key`, to expire `ttl_ms` milliseconds from now.
@@ -450,10 +573,7 @@ class Bucket:
             InvalidArgument: unless 0 < ttl_ms <= `MAX_TTL_MS`.
             InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited: as named; nothing is written.
         """
-        quota = self.tenant.quota
-        value = check_value(value, quota.max_value_bytes)
-        ttl_ms = check_ttl_ms(ttl_ms)
-        self._engine.set(self._ns, self._key(key), value, ttl_ms, quota)
+        self._engine.set(*self._set_args(self.tenant.quota, key, value, ttl_ms))
 
     def delete(self, key: Key) -> bool:
         """Remove `key`; True if it existed (and had not expired).
@@ -461,7 +581,7 @@ class Bucket:
         Raises:
             InvalidKey, RateLimited: as named.
         """
-        return self._engine.delete(self._ns, self._key(key))
+        return self._engine.delete(self._ns, self._key(self.tenant.quota, key))
 
     def exists(self, key: Key) -> bool:
         """Whether `key` holds a live value.
@@ -469,7 +589,7 @@ class Bucket:
         Raises:
             InvalidKey, RateLimited: as named.
         """
-        return self._engine.exists(self._ns, self._key(key))
+        return self._engine.exists(self._ns, self._key(self.tenant.quota, key))
 
     def ttl(self, key: Key) -> int | None:
         """Milliseconds before `key` expires; None if it has no TTL or does not exist.
@@ -477,7 +597,7 @@ class Bucket:
         Raises:
             InvalidKey, RateLimited: as named.
         """
-        return self._engine.ttl(self._ns, self._key(key))
+        return self._engine.ttl(self._ns, self._key(self.tenant.quota, key))
 
     def increment(self, key: Key, delta: int = 1) -> int:
         """Add `delta` to the signed 64-bit counter at `key` and return the new value.
@@ -491,8 +611,7 @@ class Bucket:
             IntegerOverflow: if the result leaves the signed 64-bit range.
             InvalidKey, QuotaExceeded, RateLimited: as named; nothing is written.
         """
-        delta = check_delta(delta)
-        return self._engine.increment(self._ns, self._key(key), delta, self.tenant.quota)
+        return self._engine.increment(*self._increment_args(self.tenant.quota, key, delta))
 
     def compare_and_swap(self, key: Key, expected: bytes | None, new: bytes) -> bool:
         """Atomically set `new` if the value at `key` equals `expected`; True if swapped.
@@ -503,26 +622,7 @@ class Bucket:
         Raises:
             InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited: as named; nothing is written.
         """
-        quota = self.tenant.quota
-        if expected is not None:
-            # No size limit on `expected`: a value longer than any storable one simply never matches.
-            if not isinstance(expected, bytes | bytearray | memoryview):
-                raise InvalidArgument(f"expected must be bytes or None, got {type(expected).__name__}")
-            expected = bytes(expected)
-        new = check_value(new, quota.max_value_bytes)
-        raw = self._key(key)
-        return self._engine.compare_and_swap(self._ns, raw, expected, new, quota)
-
-    def _range(self, prefix: Key, start: Key | None, end: Key | None, reverse: bool) -> KeyRange:
-        max_key_bytes = self.tenant.quota.max_key_bytes
-        if type(reverse) is not bool:
-            raise InvalidArgument(f"reverse must be True or False, got {reverse!r}")
-        return KeyRange(
-            encode_key(prefix, max_key_bytes, what="prefix", allow_empty=True),
-            None if start is None else encode_key(start, max_key_bytes, what="start", allow_empty=True),
-            None if end is None else encode_key(end, max_key_bytes, what="end", allow_empty=True),
-            reverse,
-        )
+        return self._engine.compare_and_swap(*self._cas_args(self.tenant.quota, key, expected, new))
 
     def list_keys(
         self,
@@ -547,15 +647,9 @@ class Bucket:
             InvalidArgument: if `limit` is not in 1..1000, or the cursor is not one this listing returned.
             RateLimited: as named.
         """
-        tenant = self.tenant
-        key_range = self._range(prefix, start, end, reverse)
-        limit = check_limit(limit)
-        after = None if cursor is None else decode_cursor(cursor, key_range, tenant.quota.max_key_bytes)
-        if tenant._limiter is not None:
-            tenant._limiter.acquire()
+        key_range, after, limit = self._page_args(self.tenant.quota, prefix, start, end, reverse, cursor, limit)
         keys, more = self._engine.list_keys(self._ns, key_range, after, limit)
-        next_cursor = encode_cursor(key_range, keys[-1]) if more and keys else None
-        return KeyPage(keys=[key.decode() for key in keys], cursor=next_cursor)
+        return self._key_page(key_range, keys, more)
 
     def scan(
         self,
@@ -579,18 +673,9 @@ class Bucket:
         Raises:
             InvalidKey, InvalidArgument, RateLimited: as `list_keys`.
         """
-        tenant = self.tenant
-        key_range = self._range(prefix, start, end, reverse)
-        limit = check_limit(limit)
-        after = None if cursor is None else decode_cursor(cursor, key_range, tenant.quota.max_key_bytes)
-        limiter = tenant._limiter
-        if limiter is not None:
-            limiter.acquire()
+        key_range, after, limit = self._page_args(self.tenant.quota, prefix, start, end, reverse, cursor, limit)
         found, more = self._engine.scan(self._ns, key_range, after, limit, SCAN_PAGE_MAX_BYTES)
-        if limiter is not None and len(found) > 1:
-            limiter.charge(len(found) - 1)
-        next_cursor = encode_cursor(key_range, found[-1][0]) if more and found else None
-        return ScanPage(items=[(key.decode(), value) for key, value, _ in found], cursor=next_cursor)
+        return self._scan_page(key_range, found, more)
 
     def items(
         self,
@@ -627,12 +712,9 @@ class Bucket:
             InvalidKey, RateLimited: as named.
             InvalidArgument: if more than 1000 keys are given.
         """
-        raw = self._keys(keys)
-        unique = dict.fromkeys(raw)
-        if len(unique) == len(raw):
-            return self._engine.get_many(self._ns, raw)
-        values = dict(zip(unique, self._engine.get_many(self._ns, list(unique)), strict=True))
-        return [values[key] for key in raw]
+        raw = self._keys(self.tenant.quota, keys)
+        unique = list(dict.fromkeys(raw))
+        return self._in_order(raw, unique, self._engine.get_many(self._ns, unique))
 
     def set_many(self, items: Mapping[Key, bytes] | Iterable[tuple[Key, bytes]]) -> None:
         """Store several values at once, all or nothing; clears their TTLs. At most 1000 items.
@@ -640,14 +722,7 @@ class Bucket:
         Raises:
             InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited, InvalidArgument: as named; nothing is written.
         """
-        pairs = list(items.items() if isinstance(items, Mapping) else items)
-        for pair in pairs:
-            if not isinstance(pair, tuple) or len(pair) != 2:
-                raise InvalidArgument(f"set_many takes a mapping or (key, value) pairs, got {pair!r:.80}")
-        quota = self.tenant.quota
-        values = [check_value(value, quota.max_value_bytes) for _, value in pairs]
-        raw = self._keys(key for key, _ in pairs)
-        self._engine.set_many(self._ns, list(zip(raw, values, strict=True)), quota)
+        self._engine.set_many(*self._set_many_args(self.tenant.quota, items))
 
     def delete_many(self, keys: Iterable[Key]) -> int:
         """Remove several keys at once; the number that existed. At most 1000 keys.
@@ -655,7 +730,7 @@ class Bucket:
         Raises:
             InvalidKey, RateLimited, InvalidArgument: as named; nothing is removed.
         """
-        return self._engine.delete_many(self._ns, self._keys(keys))
+        return self._engine.delete_many(self._ns, self._keys(self.tenant.quota, keys))
 
     def __repr__(self) -> str:
         return f"Bucket(tenant={self.tenant.name!r}, name={self.name!r})"
