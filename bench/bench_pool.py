@@ -6,7 +6,7 @@ Wasm runs with the GIL released, so two instances of one plugin compute in
 parallel; a pool of 1 serializes the calls. Each round runs both contenders
 (interleaved) for the same number of calls through `acall` (the host's
 thread pool, as `wasmkv serve` does) and through plain threads calling
-`Plugin.call`. Target: pool 2 ≥ 1.5× the throughput of pool 1.
+`Plugin.call`. Target: pool 2 ≥ 1.5x the throughput of pool 1.
 """
 
 from __future__ import annotations
@@ -79,13 +79,13 @@ def main() -> None:
                 figures.setdefault(("2 threads", size), []).append(threaded(plugin, 2))
                 figures.setdefault(("acall", size), []).append(gathered(plugin))
     print(f"# bench_pool: {os.cpu_count()} CPUs, {CALLS} calls of ~1-2 ms of wasm, medians of {ROUNDS} rounds")
-    print("| how | pool 1 calls/s | pool 2 calls/s | ratio (target ≥ 1.5×) |")
+    print("| how | pool 1 calls/s | pool 2 calls/s | ratio (target ≥ 1.5x) |")
     print("|---|---|---|---|")
     for how in ("2 threads", "acall"):
         one = statistics.median(figures[how, 1])
         two = statistics.median(figures[how, 2])
         ratio = two / one
-        print(f"| {how} | {one:.0f} | {two:.0f} | {ratio:.2f}× {'met' if ratio >= 1.5 else 'NOT met'} |")
+        print(f"| {how} | {one:.0f} | {two:.0f} | {ratio:.2f}x {'met' if ratio >= 1.5 else 'NOT met'} |")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from ._cli_common import DEFAULT_STATE_DIR, EXIT_USAGE, Fail, configure_logging,
 from ._cli_plugins import add_plugin_commands
 from ._cli_store import add_store_commands
 from ._errors import HostError
+from ._serve_cli import add_serve_command
 from ._text import safe_name
 
 __all__ = ["DEFAULT_STATE_DIR", "main"]
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_plugin_commands(commands, common)
     add_store_commands(commands, common)
+    add_serve_command(commands, common)
     return parser
 
 

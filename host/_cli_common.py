@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import logging
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ __all__ = [
     "EXIT_PLUGIN_STATUS",
     "EXIT_USAGE",
     "Fail",
+    "JsonLines",
     "add_store_options",
     "configure_logging",
     "open_store",
@@ -52,6 +55,36 @@ class _Lines(logging.Formatter):
         if record.name.startswith("wasmkv.plugin."):
             return f"plugin {record.name.removeprefix('wasmkv.plugin.')} {record.levelname}: {text}"
         return f"wasmkv: {record.levelname.lower()}: {text}"
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, pid, and a call's fields when the record has them.
+
+    The fields are those plugin log records carry (plugin, tenant, export, version) and those of
+    `wasmkv serve`'s access log (method, path, status, ms). Everything is escaped to ASCII, so no
+    text from a plugin or a request can break a line or reorder what a log viewer shows.
+    """
+
+    #: Record attributes copied into the object when present (set through `extra=`).
+    FIELDS = ("plugin", "tenant", "export", "version", "method", "path", "status", "ms")
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry: dict[str, object] = {
+            "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        fields = record.__dict__
+        for field in self.FIELDS:
+            value = fields.get(field)
+            if value is not None:
+                entry[field] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=True, default=str)
 
 
 def configure_logging(verbosity: int) -> None:

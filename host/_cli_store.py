@@ -14,6 +14,8 @@ from typing import Any, Final
 
 from .. import kv
 from ._cli_common import EXIT_OK, Fail, add_store_options, open_store
+from ._tenant_json import quota_json as _quota_json
+from ._tenant_json import tenant_summary
 
 __all__ = ["add_store_commands", "tenant_summary"]
 
@@ -119,22 +121,6 @@ def _known(store: kv.KvStore, name: str, allow_missing: bool) -> None:
     if name not in tenants:
         listed = ", ".join(tenants[:10]) + (", ..." if len(tenants) > 10 else "") or "none"
         raise Fail(f"no tenant {name!r} in this store (tenants: {listed}); --allow-missing treats it as empty")
-
-
-def _quota_json(quota: kv.Quota) -> dict[str, Any]:
-    return dataclasses.asdict(quota)
-
-
-def tenant_summary(store: kv.KvStore, name: str) -> dict[str, Any]:
-    """A tenant as `tenant show --json` prints it: name, quota, usage and buckets."""
-    tenant = store.tenant(name)
-    usage = tenant.usage()
-    return {
-        "name": name,
-        "quota": _quota_json(tenant.quota),
-        "usage": {"keys": usage.keys, "bytes": usage.bytes},
-        "buckets": store.engine.buckets(name),
-    }
 
 
 def _value_json(value: bytes) -> dict[str, Any]:
