@@ -45,7 +45,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/wasmkv
-	ln -s $(CURDIR)/wasmkv/__init__.py $(CURDIR)/wasmkv/py.typed $(TYPECHECK)/wasmkv/
+	ln -s $(CURDIR)/wasmkv/__init__.py $(CURDIR)/wasmkv/serve.py $(CURDIR)/wasmkv/py.typed $(TYPECHECK)/wasmkv/
 	ln -s $(CURDIR)/abi $(CURDIR)/kv $(CURDIR)/host $(TYPECHECK)/wasmkv/
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p wasmkv
 
