@@ -274,12 +274,12 @@ def main() -> None:
         rate = statistics.median(throughput[name])
         print(f"| {name} | {rate:,.0f} | {cuts[49] * 1000:.2f} | {cuts[98] * 1000:.2f} |")
     print()
-    for workers in ("1 worker", "2 workers"):
-        ours = statistics.median(throughput[f"wasmkv serve, {workers}"])
-        theirs = statistics.median(throughput[f"Starlette, {workers}"])
+    for count in ("1 worker", "2 workers"):
+        ours = statistics.median(throughput[f"wasmkv serve, {count}"])
+        theirs = statistics.median(throughput[f"Starlette, {count}"])
         ratio = ours / theirs
         verdict = "met" if ratio >= TARGET else "NOT met"
-        print(f"{workers}: wasmkv serve / Starlette = {ratio:.2f}x (target >= {TARGET}x: {verdict})")
+        print(f"{count}: wasmkv serve / Starlette = {ratio:.2f}x (target >= {TARGET}x: {verdict})")
 
 
 if __name__ == "__main__":

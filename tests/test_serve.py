@@ -324,7 +324,7 @@ def test_a_declared_body_over_max_body_bytes_gets_413_without_a_byte_read(app: w
 
 def test_a_chunked_body_is_read_only_up_to_the_limit(app: wasmkv.serve.ServeApp) -> None:
     headers = [(b"authorization", f"Bearer {ACME_TOKEN}".encode()), (b"transfer-encoding", b"chunked")]
-    chunks = [b"x" * 1000] * 100  # 100 kB announced chunk by chunk, limit 4096
+    chunks: list[bytes | None] = [b"x" * 1000] * 100  # 100 kB announced chunk by chunk, limit 4096
     status, _, _, read = asyncio.run(_raw_asgi(app, "POST", "/v1/plugins/tools/echo", headers, chunks))
     assert status == 413
     assert read == 5  # the fifth chunk crossed the limit; the 95 others were never asked for
@@ -409,7 +409,7 @@ def test_many_concurrent_acalls_on_a_pool_of_two_finish_with_exact_state(tmp_pat
     with wasmkv.serve.create_app(config) as app:
 
         async def hammer() -> list[bytes]:
-            return await asyncio.gather(*(app.host.acall("counter", "hit", b"n") for _ in range(300)))
+            return list(await asyncio.gather(*(app.host.acall("counter", "hit", b"n") for _ in range(300))))
 
         outputs = asyncio.run(hammer())
         assert sorted(int(out) for out in outputs) == list(range(1, 301))
