@@ -10,10 +10,8 @@ import contextlib
 import json
 import logging
 import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,10 +22,13 @@ from test_serve_helpers import (
     ADMIN_TOKEN,
     BETA_TOKEN,
     COUNTER,
+    DEADLINE_S,
+    WASMKV,
     auth,
     config_text,
     sha256,
     tools,
+    wait_until,
     write_project,
 )
 
@@ -37,17 +38,6 @@ from wasmkv.host import _serve
 from wasmkv.host._cli_common import JsonLines
 
 T = TypeVar("T")
-WASMKV = str(Path(sys.executable).parent / "wasmkv")
-DEADLINE_S = 60.0
-
-
-def wait_until(what: str, check: Callable[[], bool], deadline_s: float = DEADLINE_S) -> None:
-    """Poll `check` until it holds (an event seen, not a guess at how long it takes)."""
-    deadline = time.monotonic() + deadline_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 class Client:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,3 +194,17 @@ class Connection:
             with contextlib.suppress(OSError):
                 await self.writer.wait_closed()
         self.reader = self.writer = None
+
+
+WASMKV = str(Path(sys.executable).parent / "wasmkv")
+#: Generous: these must pass with the other core busy.
+DEADLINE_S = 60.0
+
+
+def wait_until(what: str, check: Callable[[], bool], deadline_s: float = DEADLINE_S) -> None:
+    """Poll `check` until it holds (an event seen, not a guess at how long it takes)."""
+    deadline = time.monotonic() + deadline_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)

@@ -27,23 +27,22 @@ from typing import Any
 
 import httpx
 import pytest
-from test_serve_helpers import ACME_TOKEN, ADMIN_TOKEN, Connection, auth, config_text, tools, write_project
+from test_serve_helpers import (
+    ACME_TOKEN,
+    ADMIN_TOKEN,
+    DEADLINE_S,
+    WASMKV,
+    Connection,
+    auth,
+    config_text,
+    tools,
+    wait_until,
+    write_project,
+)
 
 import wasmkv.serve
 from wasmkv import kv
 from wasmkv.host import _serve, _serve_http, _serve_run
-
-WASMKV = str(Path(sys.executable).parent / "wasmkv")
-#: Generous: these must pass with the other core busy.
-DEADLINE_S = 60.0
-
-
-def wait_until(what: str, check: Callable[[], bool], deadline_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class Server:
