@@ -7,7 +7,6 @@ key and enforces quotas around any of them. `tenant.async_bucket()` is the same
 bucket for asyncio code (`AsyncBucket`).
 """
 
-from ._async_bucket import AsyncBucket
 from ._backends import BACKENDS, COMMON_OPTIONS, Backend, Option, backend_for
 from ._bridge import DEFAULT_BRIDGE_TIMEOUT_S, SyncBridge
 from ._dump import DUMP_FORMAT, DUMP_VERSION, ImportReport, export_tenant, import_dump
@@ -42,7 +41,7 @@ from ._rules import (
     Usage,
     check_name,
 )
-from ._store import DEFAULT_SWEEP_INTERVAL_S, DEFAULT_TENANT_REFRESH_S, Bucket, KvStore, Tenant
+from ._store import DEFAULT_SWEEP_INTERVAL_S, DEFAULT_TENANT_REFRESH_S, AsyncBucket, Bucket, KvStore, Tenant
 
 __all__ = [
     "BACKENDS",

@@ -1,4 +1,4 @@
-"""The front layer every caller goes through: `KvStore` → `Tenant` → `Bucket`.
+"""The front layer every caller goes through: `KvStore` → `Tenant` → `Bucket` (or `AsyncBucket`).
 
 It owns the policy (names, key and value validation, rate limits, which quota
 applies) and hands engines only valid input; see `kv._protocol.Store`.
@@ -11,10 +11,10 @@ import math
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
-from ._async_bucket import AsyncBucket, LoopEngines, ThreadedStore
+from ._async_engines import LoopEngines, ThreadedStore
 from ._backends import BACKENDS, backend_for, check_options
 from ._errors import BackendUnavailable, InvalidArgument
 from ._protocol import AsyncStore, ScanItem, Store
@@ -44,6 +44,7 @@ from ._rules import (
 __all__ = [
     "DEFAULT_SWEEP_INTERVAL_S",
     "DEFAULT_TENANT_REFRESH_S",
+    "AsyncBucket",
     "Bucket",
     "KvStore",
     "Tenant",
@@ -734,3 +735,222 @@ class Bucket:
 
     def __repr__(self) -> str:
         return f"Bucket(tenant={self.tenant.name!r}, name={self.name!r})"
+
+
+class AsyncBucket:
+    """A tenant's named key space for asyncio code: `Bucket`'s methods, awaited.
+
+    Get one with `tenant.async_bucket(name)`. Every method takes the same
+    arguments as its `Bucket` namesake, validates them with the same code,
+    raises the same errors (nothing changes on error) and spends the same rate;
+    quotas are checked by the engine, atomically with the write, as for `Bucket`.
+    `items` is an async iterator.
+
+    Where the calls run:
+
+    - On a Redis store, every call awaits an engine of the caller's own event
+      loop, opened on its first call there (same URL and options, its own
+      connections) and closed when that loop shuts down (`asyncio.run` ends)
+      or the store closes, whichever is first (a store closed from a coroutine
+      closes that coroutine's loop's engine when the loop shuts down): no thread
+      hop, and any number of loops may share the store. A read cache
+      (`read_cache_size`) belongs to each engine, so values written through
+      another loop's engine, or through `Bucket`, may be read up to
+      `read_cache_ms` stale, as across hosts. Each engine has its own
+      connection pool (`max_connections` each).
+    - On a local store (LMDB, memory), validation and the reads (`get`,
+      `get_many`, `exists`, `ttl`, `list_keys`, `scan`, `items`) run inline on
+      the caller's loop; the writes (`set`, `set_with_ttl`, `delete`,
+      `delete_many`, `increment`, `compare_and_swap`, `set_many`) run on the
+      store's writer thread, so waiting for the writer lock never blocks the
+      loop. An engine handed to `KvStore` without `open_async_engine` is driven
+      this way too.
+
+    A write whose caller is cancelled may or may not have happened.
+    """
+
+    __slots__ = ("_bucket", "_engines", "_ns", "tenant")
+
+    def __init__(self, bucket: Bucket, engines: LoopEngines | ThreadedStore) -> None:
+        self.tenant: Tenant = bucket.tenant
+        self._bucket = bucket
+        self._ns = bucket._ns
+        self._engines = engines
+
+    @property
+    def name(self) -> str:
+        """The bucket's name."""
+        return self._bucket.name
+
+    async def _begin(self) -> tuple[AsyncStore | ThreadedStore, Quota]:
+        # The quota is refreshed through the same engine, so that no call reaches for the sync one.
+        engine = await self._engines.engine()
+        return engine, await self.tenant._aquota(engine.tenant_quota)
+
+    async def get(self, key: Key) -> bytes | None:
+        """The value stored at `key`, or None if it is missing or expired.
+
+        Raises:
+            InvalidKey, RateLimited: as `Bucket.get`.
+        """
+        engine, quota = await self._begin()
+        return await engine.get(self._ns, self._bucket._key(quota, key))
+
+    async def set(self, key: Key, value: bytes) -> None:
+        """Store `value` at `key`, removing any TTL.
+
+        Raises:
+            InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited: as `Bucket.set`; nothing is written.
+        """
+        engine, quota = await self._begin()
+        await engine.set(*self._bucket._set_args(quota, key, value))
+
+    async def set_with_ttl(self, key: Key, value: bytes, ttl_ms: int) -> None:
+        """Store `value` at `key`, to expire `ttl_ms` milliseconds from now.
+
+        Raises:
+            InvalidArgument, InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited: as `Bucket.set_with_ttl`.
+        """
+        engine, quota = await self._begin()
+        await engine.set(*self._bucket._set_args(quota, key, value, ttl_ms))
+
+    async def delete(self, key: Key) -> bool:
+        """Remove `key`; True if it existed (and had not expired).
+
+        Raises:
+            InvalidKey, RateLimited: as `Bucket.delete`.
+        """
+        engine, quota = await self._begin()
+        return await engine.delete(self._ns, self._bucket._key(quota, key))
+
+    async def exists(self, key: Key) -> bool:
+        """Whether `key` holds a live value.
+
+        Raises:
+            InvalidKey, RateLimited: as `Bucket.exists`.
+        """
+        engine, quota = await self._begin()
+        return await engine.exists(self._ns, self._bucket._key(quota, key))
+
+    async def ttl(self, key: Key) -> int | None:
+        """Milliseconds before `key` expires; None if it has no TTL or does not exist.
+
+        Raises:
+            InvalidKey, RateLimited: as `Bucket.ttl`.
+        """
+        engine, quota = await self._begin()
+        return await engine.ttl(self._ns, self._bucket._key(quota, key))
+
+    async def increment(self, key: Key, delta: int = 1) -> int:
+        """Add `delta` to the signed 64-bit counter at `key` and return the new value (missing counts as 0).
+
+        Raises:
+            InvalidArgument, NotANumber, IntegerOverflow, InvalidKey, QuotaExceeded, RateLimited:
+                as `Bucket.increment`; nothing is written.
+        """
+        engine, quota = await self._begin()
+        return await engine.increment(*self._bucket._increment_args(quota, key, delta))
+
+    async def compare_and_swap(self, key: Key, expected: bytes | None, new: bytes) -> bool:
+        """Atomically set `new` if the value at `key` equals `expected` (None: absent); True if swapped.
+
+        Raises:
+            InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited: as `Bucket.compare_and_swap`.
+        """
+        engine, quota = await self._begin()
+        return await engine.compare_and_swap(*self._bucket._cas_args(quota, key, expected, new))
+
+    async def list_keys(
+        self,
+        prefix: Key = "",
+        cursor: str | None = None,
+        limit: int = DEFAULT_LIST_LIMIT,
+        *,
+        start: Key | None = None,
+        end: Key | None = None,
+        reverse: bool = False,
+    ) -> KeyPage:
+        """One page of the keys starting with `prefix`, in byte order; pass its `cursor` back for the next.
+
+        Raises:
+            InvalidKey, InvalidArgument, RateLimited: as `Bucket.list_keys`.
+        """
+        engine, quota = await self._begin()
+        key_range, after, limit = self._bucket._page_args(quota, prefix, start, end, reverse, cursor, limit)
+        keys, more = await engine.list_keys(self._ns, key_range, after, limit)
+        return self._bucket._key_page(key_range, keys, more)
+
+    async def scan(
+        self,
+        prefix: Key = "",
+        *,
+        start: Key | None = None,
+        end: Key | None = None,
+        cursor: str | None = None,
+        limit: int = DEFAULT_LIST_LIMIT,
+        reverse: bool = False,
+    ) -> ScanPage:
+        """One page of (key, value) pairs from one consistent snapshot; pass its `cursor` back for the next.
+
+        Raises:
+            InvalidKey, InvalidArgument, RateLimited: as `Bucket.scan`.
+        """
+        engine, quota = await self._begin()
+        key_range, after, limit = self._bucket._page_args(quota, prefix, start, end, reverse, cursor, limit)
+        found, more = await engine.scan(self._ns, key_range, after, limit, SCAN_PAGE_MAX_BYTES)
+        return self._bucket._scan_page(key_range, found, more)
+
+    async def items(
+        self,
+        prefix: Key = "",
+        *,
+        start: Key | None = None,
+        end: Key | None = None,
+        reverse: bool = False,
+        page_size: int = DEFAULT_LIST_LIMIT,
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """Every (key, value) pair `scan` would page through, one page in memory at a time (`async for`).
+
+        Raises:
+            InvalidKey, InvalidArgument, RateLimited: as `Bucket.items`, when a page is read.
+        """
+        cursor: str | None = None
+        while True:
+            page = await self.scan(prefix, start=start, end=end, cursor=cursor, limit=page_size, reverse=reverse)
+            for item in page.items:
+                yield item
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    async def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
+        """The values at `keys`, in order (None where missing); at most 1000 keys, each read once.
+
+        Raises:
+            InvalidKey, RateLimited, InvalidArgument: as `Bucket.get_many`.
+        """
+        engine, quota = await self._begin()
+        raw = self._bucket._keys(quota, keys)
+        unique = list(dict.fromkeys(raw))
+        return self._bucket._in_order(raw, unique, await engine.get_many(self._ns, unique))
+
+    async def set_many(self, items: Mapping[Key, bytes] | Iterable[tuple[Key, bytes]]) -> None:
+        """Store several values at once, all or nothing; clears their TTLs. At most 1000 items.
+
+        Raises:
+            InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited, InvalidArgument: as `Bucket.set_many`.
+        """
+        engine, quota = await self._begin()
+        await engine.set_many(*self._bucket._set_many_args(quota, items))
+
+    async def delete_many(self, keys: Iterable[Key]) -> int:
+        """Remove several keys at once; the number that existed. At most 1000 keys.
+
+        Raises:
+            InvalidKey, RateLimited, InvalidArgument: as `Bucket.delete_many`; nothing is removed.
+        """
+        engine, quota = await self._begin()
+        return await engine.delete_many(self._ns, self._bucket._keys(quota, keys))
+
+    def __repr__(self) -> str:
+        return f"AsyncBucket(tenant={self.tenant.name!r}, name={self.name!r})"

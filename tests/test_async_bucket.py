@@ -23,7 +23,7 @@ import pytest
 from conftest import ENGINES, FakeClock
 
 from wasmkv import kv
-from wasmkv.kv._async_bucket import LoopEngines
+from wasmkv.kv._async_engines import LoopEngines
 
 KINDS = [*sorted(ENGINES), "memory"]
 REDIS_KINDS = [kind for kind in KINDS if kind.startswith("redis")]
