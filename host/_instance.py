@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 
 import wasmtime
@@ -58,10 +59,13 @@ class Instance:
         self.grant = grant
         self.sandbox = sandbox
         self.version = compiled.info.sha256
+        self.closed = False
+        self._fuel = grant.limits.fuel
         # An Extism plugin's kernel is a second instance, with a second memory, in the same store.
         self.store = sandbox.new_store(compiled.engine, grant.limits, kernel=compiled.info.extism)
         self.linker = wasmtime.Linker(compiled.engine)
         self.imports = AbiImports(grant)
+        self.imports.log.extra["version"] = self.version
         # Set when an import body hit a host bug: the call traps and the caller gets it as the cause.
         self.host_error: BaseException | None = None
         # Set when an import was called past the call's deadline: the trap is a timeout.
@@ -146,7 +150,7 @@ class Instance:
         """
         assert isinstance(func, wasmtime.Func)
         limits = self.grant.limits
-        self.imports.begin_call(b"", limits.deadline_ms)
+        self.imports.begin_call(b"", time.monotonic() + limits.deadline_ms / 1000)
         self.sandbox.arm(self.store, limits)
         try:
             func(self.store)
@@ -157,28 +161,35 @@ class Instance:
             if self.wasi is not None:
                 self.wasi.flush()
 
-    def run(self, func: ExportFunc, input: bytes, deadline_ms: int, export: str = "") -> int:
-        """Run entry point `func` (named `export`, for logs) with `input` for at most `deadline_ms`; its status.
+    def run(self, func: ExportFunc, input: bytes, deadline: float, deadline_ticks: int, export: str = "") -> int:
+        """Run entry point `func` (named `export`, for logs) with `input`; its status.
+
+        The call ends at `deadline` (monotonic seconds) for its imports and `deadline_ticks`
+        epoch ticks from now for its wasm (see `Sandbox.deadline_ticks_for`), within the fuel limit.
 
         Raises:
             wasmtime.Trap, wasmtime.WasmtimeError: if the call trapped (see `host_error`).
         """
-        limits = self.grant.limits
-        extra = self.imports.log.extra
-        extra["export"] = export
-        extra["version"] = self.version
-        self.imports.begin_call(input, deadline_ms)
+        imports = self.imports
+        imports.log.extra["export"] = export
+        imports.begin_call(input, deadline)
         if self.extism is not None:
             self.extism.begin_call(input)
         self.host_error = None
         self.timed_out = False
-        if limits.fuel is not None:
-            self.store.set_fuel(limits.fuel)
+        if self._fuel is not None:
+            self.store.set_fuel(self._fuel)
         try:
-            return func(self.sandbox.deadline_ticks_for(deadline_ms))
+            return func(deadline_ticks)
         finally:
             if self.wasi is not None:
                 self.wasi.flush()
+
+    def take_result(self) -> tuple[bytes, str | None]:
+        """The `output` and `error` of the call just ended, in one step; a plain plugin's buffer is released."""
+        if self.extism is None:
+            return self.imports.take_output(), None
+        return self.extism.output, self.extism.error
 
     @property
     def output(self) -> bytes:
@@ -194,6 +205,7 @@ class Instance:
 
     def close(self) -> None:
         """Release the wasmtime store; the instance must not run again."""
+        self.closed = True
         if isinstance(self.imports.memory, GuestMemory):
             self.imports.memory.release()
         if self.extism is not None:

@@ -6,7 +6,9 @@ import asyncio
 import math
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Executor
+from types import MappingProxyType
 
 import wasmtime
 
@@ -26,12 +28,14 @@ from ._imports import Grant
 from ._instance import Instance, trap_reason
 from ._limits import Limits
 from ._sandbox import Compiled, Sandbox, Source
-from ._stats import CallRecord, Observer, PluginCounters, PluginStats, notify
+from ._stats import CallRecord, Observer, OpCounts, PluginCounters, PluginStats, notify
 from ._text import safe_name, safe_text
 
 __all__ = ["Plugin", "Version"]
 
 _monotonic = time.monotonic
+#: The KV operations of a call that made none, or of one whose instance could not be made.
+_NO_KV_OPS: Mapping[tuple[str, str], int] = MappingProxyType({})
 
 #: The outcome a call that raised is counted as (`CallRecord.outcome`); any other error is a "trap".
 _OUTCOMES: dict[type[PluginError], str] = {
@@ -43,16 +47,6 @@ _OUTCOMES: dict[type[PluginError], str] = {
 }
 
 
-class _Call:
-    """One call's slot: the instance it runs on (None once dropped) and the KV operations it made."""
-
-    __slots__ = ("instance", "kv_ops")
-
-    def __init__(self, instance: Instance | None) -> None:
-        self.instance = instance
-        self.kv_ops: dict[tuple[str, str], int] = {}
-
-
 class Version:
     """One compiled version of a plugin and its pool of instances.
 
@@ -61,15 +55,16 @@ class Version:
     reload, or the plugin closed) instances are closed as they come back.
     """
 
-    def __init__(self, compiled: Compiled, pool_size: int = 1) -> None:
+    def __init__(self, compiled: Compiled, pool_size: int = 1, lock: threading.Lock | None = None) -> None:
         self.compiled = compiled
         self.sha256 = compiled.info.sha256
         self.entry_points = list(compiled.info.entry_points)
         self.pool_size = pool_size
         # Free slots: an idle instance, or None for one not made yet (or dropped after a trap).
         self._free: list[Instance | None] = [None] * pool_size
-        # `with self._lock` is C code; the condition (on the same lock) is used only to wait.
-        self._lock = threading.Lock()
+        # `with self._lock` is C code; the condition (on the same lock) is used only to wait. A plugin's
+        # versions share one lock with its counters, so a call gives its slot back and is counted at once.
+        self._lock = threading.Lock() if lock is None else lock
         self._ready = threading.Condition(self._lock)
         self.busy = 0  # slots taken by calls running now
         self._waiting = 0  # callers waiting for a slot: a release notifies only if there are any
@@ -164,7 +159,10 @@ class Plugin:
         self._closed = False
         self._executor = executor
         self._observers = observers if observers is not None else []
-        self.counters = PluginCounters()
+        self.counters = PluginCounters(version._lock)
+        # A call on an instance already made has all of its deadline left: its epoch ticks, worked out once.
+        self._deadline_s = self.limits.deadline_ms / 1000
+        self._deadline_ticks = sandbox.deadline_ticks_for(self.limits.deadline_ms)
         # Instantiate one now so a module that cannot start fails at load, not at its first call.
         version.seed(Instance(version.compiled, grant, sandbox))
 
@@ -190,11 +188,13 @@ class Plugin:
             PluginFuelExhausted: if it used up `limits.fuel`.
             PluginTrap: if it trapped for any other reason (including a host error in an import).
         """
-        if not isinstance(input, bytes | bytearray | memoryview):
-            raise TypeError(
-                f"plugin {self.name!r} input must be bytes, got {type(input).__name__}"
-                + (": encode text first, e.g. input.encode()" if isinstance(input, str) else "")
-            )
+        if type(input) is not bytes:
+            if not isinstance(input, bytearray | memoryview):
+                raise TypeError(
+                    f"plugin {self.name!r} input must be bytes, got {type(input).__name__}"
+                    + (": encode text first, e.g. input.encode()" if isinstance(input, str) else "")
+                )
+            input = bytes(input)
         counters = self.counters
         while True:
             if self._closed:
@@ -210,32 +210,53 @@ class Plugin:
             taken, instance = version.acquire()
             if taken:
                 break
-        call = _Call(instance)
         started = _monotonic()
         outcome, status = "ok", None
         try:
-            return self._call(version, call, export, input, started)
+            fresh = instance is None
+            if instance is None:  # a slot not filled yet, or emptied by a trap
+                instance = self._new_instance(version, export)
+            func = instance.entry.get(export)
+            if func is None:
+                raise self._unknown_export(version, export)
+            ticks = self._ticks_left(export, started) if fresh else self._deadline_ticks
+            try:
+                result = instance.run(func, input, started + self._deadline_s, ticks, export)
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                raise self._trapped(instance, export, exc) from instance.host_error or exc
+            output, error = instance.take_result()
+            # An Extism plugin fails its call by setting an error, whatever it returns (as Extism does).
+            if result != 0 or error is not None:
+                raise self._status_error(export, result, output, error)
+            return output
         except PluginError as exc:
             outcome = _OUTCOMES.get(type(exc), "trap")
             status = exc.status if isinstance(exc, PluginStatusError) else None
             raise
         finally:
-            with version._lock:
+            seconds = _monotonic() - started
+            ops: OpCounts | None = None
+            if instance is not None:
+                ops = instance.imports.ops
+                if instance.closed:  # after a trap: the slot is given back empty
+                    instance = None
+            observers = self._observers
+            kv_ops = _NO_KV_OPS if not observers or ops is None else ops.as_dict()  # before counting resets `ops`
+            with version._lock:  # also the counters' lock
+                counters.record(export, outcome, seconds, ops)
                 kept = not version.retired
                 if kept:  # the common case inline; `release` closes the instance of a retired version
                     version.busy -= 1
-                    version._free.append(call.instance)
+                    version._free.append(instance)
                     if version._waiting:
                         version._ready.notify()
             if not kept:
-                version.release(call.instance)
-            seconds = _monotonic() - started
-            counters.record(export, outcome, seconds, call.kv_ops)
-            if self._observers:
+                version.release(instance)
+            if observers:
                 record = CallRecord(
-                    self.name, self.tenant.name, export, version.sha256, outcome, seconds, status, call.kv_ops
+                    self.name, self.tenant.name, export, version.sha256, outcome, seconds, status, kv_ops
                 )
-                notify(self._observers, record)
+                notify(observers, record)
 
     async def acall(self, export: str, input: bytes = b"") -> bytes:
         """As `call`, awaited: the call runs on the host's bounded executor, never on the event loop.
@@ -246,58 +267,57 @@ class Plugin:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.call, export, input)
 
-    def _call(self, version: Version, call: _Call, export: str, input: bytes, started: float) -> bytes:
-        """Run one call of `version` on `call.instance` (made now if None); its output.
+    def _new_instance(self, version: Version, export: str) -> Instance:
+        """A fresh instance for a call whose slot had none.
 
-        Leaves in `call` the instance to give back (None if it was dropped) and the call's KV operations.
+        Raises:
+            PluginTrap: if its start function fails.
         """
-        instance = call.instance
-        if instance is None:
-            # A fresh instance (after a trap) runs the module's start function again: that time is
-            # this call's, and a start function that fails is this call's failure, not a load error.
-            try:
-                instance = call.instance = Instance(version.compiled, self._grant, self._sandbox)
-            except LoadError as exc:
-                cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-                raise self._trap_error(export, cause, b"", timed_out=False) from exc
-        func = instance.entry.get(export)
-        if func is None:
-            raise UnknownExport(
-                f"plugin {self.name!r} has no entry point {safe_name(repr(export))} "
-                f"(it has: {safe_name(', '.join(version.entry_points))})",
-                plugin=self.name,
-                export=export,
-            )
-        left_ms = self.limits.deadline_ms - (time.monotonic() - started) * 1000
+        # A fresh instance (after a trap) runs the module's start function again: that time is
+        # this call's, and a start function that fails is this call's failure, not a load error.
+        try:
+            return Instance(version.compiled, self._grant, self._sandbox)
+        except LoadError as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+            raise self._trap_error(export, cause, b"", timed_out=False) from exc
+
+    def _ticks_left(self, export: str, started: float) -> int:
+        """The epoch ticks left to a call that started at `started` and made a fresh instance.
+
+        Raises:
+            PluginTimeout: if the start function used up the call's deadline.
+        """
+        left_ms = self.limits.deadline_ms - (_monotonic() - started) * 1000
         if left_ms <= 0:
             late = TimeoutError("the deadline passed while a new instance ran its start function")
             raise self._trap_error(export, late, b"", timed_out=True)
-        try:
-            status = instance.run(func, bytes(input), math.ceil(left_ms), export)
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            output = instance.output
-            host_error = instance.host_error
-            timed_out = instance.timed_out
-            error = instance.error
-            call.kv_ops = instance.imports.take_op_counts()
-            instance.close()
-            call.instance = None
-            raise self._trap_error(export, exc, output, timed_out=timed_out, error=error) from host_error or exc
-        call.kv_ops = instance.imports.take_op_counts()
+        return self._sandbox.deadline_ticks_for(math.ceil(left_ms))
+
+    def _unknown_export(self, version: Version, export: str) -> UnknownExport:
+        return UnknownExport(
+            f"plugin {self.name!r} has no entry point {safe_name(repr(export))} "
+            f"(it has: {safe_name(', '.join(version.entry_points))})",
+            plugin=self.name,
+            export=export,
+        )
+
+    def _trapped(self, instance: Instance, export: str, exc: Exception) -> PluginTrap:
+        """The error for a call that trapped on `instance`, which it closes (a trapped guest may be half-updated)."""
         output = instance.output
-        instance.imports.output = bytearray()  # the call's output is the caller's now: release it
+        timed_out = instance.timed_out
         error = instance.error
-        # An Extism plugin fails its call by setting an error, whatever it returns (as Extism does).
-        if status != 0 or error is not None:
-            said = "" if error is None else f" and set the error: {safe_text(error.encode())}"
-            raise PluginStatusError(
-                f"plugin {self.name!r} export {export!r} returned status {describe_status(status)}{said}",
-                plugin=self.name,
-                export=export,
-                status=status,
-                output=output,
-            )
-        return output
+        instance.close()
+        return self._trap_error(export, exc, output, timed_out=timed_out, error=error)
+
+    def _status_error(self, export: str, status: int, output: bytes, error: str | None) -> PluginStatusError:
+        said = "" if error is None else f" and set the error: {safe_text(error.encode())}"
+        return PluginStatusError(
+            f"plugin {self.name!r} export {export!r} returned status {describe_status(status)}{said}",
+            plugin=self.name,
+            export=export,
+            status=status,
+            output=output,
+        )
 
     def _trap_error(
         self, export: str, exc: Exception, output: bytes, *, timed_out: bool, error: str | None = None
@@ -343,7 +363,7 @@ class Plugin:
         """
         try:
             compiled = self._sandbox.compile(source, name=self.name, limits=self.limits, wasi=self._grant.wasi)
-            version = Version(compiled, self.pool_size)
+            version = Version(compiled, self.pool_size, self._version._lock)
             version.seed(Instance(version.compiled, self._grant, self._sandbox))
         except BaseException:
             self._reloaded("failed")

@@ -15,11 +15,13 @@ from typing import Final, NamedTuple, Protocol
 
 __all__ = [
     "CALL_OUTCOMES",
+    "KV_OPS",
     "SECONDS_BUCKETS",
     "CallRecord",
     "ExportStats",
     "HostStats",
     "Observer",
+    "OpCounts",
     "PluginCounters",
     "PluginStats",
 ]
@@ -30,6 +32,23 @@ _log = logging.getLogger("wasmkv.host")
 CALL_OUTCOMES: Final = ("ok", "error", "timeout", "fuel_exhausted", "trap", "unknown_export", "closed")
 #: Upper bounds (seconds) of the call-duration histogram's buckets; a last bucket takes the rest.
 SECONDS_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: The KV imports counted per call (`OpCounts.made` is indexed so; `get` first, counted inline).
+KV_OPS: Final = (
+    "get",
+    "set",
+    "set_with_ttl",
+    "delete",
+    "exists",
+    "increment",
+    "compare_and_swap",
+    "list_keys",
+    "scan",
+    "get_many",
+    "set_many",
+    "delete_many",
+)
+_NO_OPS: Final = [0] * len(KV_OPS)
+_FIRST_BOUND_S: Final = SECONDS_BUCKETS[0]
 
 
 class CallRecord(NamedTuple):
@@ -115,38 +134,93 @@ class HostStats:
     taken_at: float
 
 
-class _ExportCounts:
-    __slots__ = ("buckets", "outcomes", "seconds")
+class OpCounts:
+    """The KV operations of an instance's current call, in integer slots: cheap to count, folded when it ends.
+
+    `made[i]` counts calls of `KV_OPS[i]`, refused ones included; `refused` counts the
+    refusals by (op, outcome). Used by one thread at a time: the instance's.
+    """
+
+    __slots__ = ("made", "refused")
 
     def __init__(self) -> None:
-        self.outcomes: dict[str, int] = {}
+        self.made = [0] * len(KV_OPS)
+        self.refused: dict[tuple[str, str], int] = {}
+
+    def as_dict(self) -> dict[tuple[str, str], int]:
+        """The counts as `CallRecord.kv_ops` gives them: (op, outcome) → count."""
+        counts: dict[tuple[str, str], int] = {}
+        made, refused = self.made, self.refused
+        if made != _NO_OPS:
+            for op, count in zip(KV_OPS, made, strict=True):
+                if count:
+                    ok = count - sum(n for (name, _), n in refused.items() if name == op)
+                    if ok > 0:
+                        counts[op, "ok"] = ok
+        counts.update(refused)
+        return counts
+
+
+class _ExportCounts:
+    __slots__ = ("buckets", "ok", "outcomes", "seconds")
+
+    def __init__(self) -> None:
+        self.ok = 0  # the common outcome in a plain attribute: one add, no dict lookups
+        self.outcomes: dict[str, int] = {}  # the others
         self.seconds = 0.0
         self.buckets = [0] * (len(SECONDS_BUCKETS) + 1)
 
+    def by_outcome(self) -> dict[str, int]:
+        outcomes = {"ok": self.ok} if self.ok else {}
+        outcomes.update(self.outcomes)
+        return outcomes
+
 
 class PluginCounters:
-    """The running counts of one plugin (kept across reloads), updated by each call under a lock."""
+    """The running counts of one plugin (kept across reloads), updated by each call under `lock`.
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+    The lock is one a call holds anyway (its plugin's pool lock), so counting it takes no other.
+    """
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
         self._exports: dict[str, _ExportCounts] = {}
-        self._kv_ops: dict[tuple[str, str], int] = {}
+        # Totals as `OpCounts` keeps them; the (op, outcome) map is built only for a snapshot.
+        self._kv = OpCounts()
         self._reloads: dict[str, int] = {}
 
-    def record(self, export: str, outcome: str, seconds: float, kv_ops: Mapping[tuple[str, str], int]) -> None:
-        """Count one finished call."""
-        with self._lock:
-            counts = self._exports.get(export)
-            if counts is None:
-                counts = self._exports[export] = _ExportCounts()
+    def record(self, export: str, outcome: str, seconds: float, ops: OpCounts | None) -> None:
+        """Count one finished call, and its KV operations `ops` (then reset to zero for the next call).
+
+        The caller holds the lock given to the constructor.
+        """
+        counts = self._exports.get(export)
+        if counts is None:
+            counts = self._exports[export] = _ExportCounts()
+        if outcome == "ok":
+            counts.ok += 1
+        else:
             outcomes = counts.outcomes
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            counts.seconds += seconds
+        counts.seconds += seconds
+        if seconds <= _FIRST_BOUND_S:  # most calls: no bisection
+            counts.buckets[0] += 1
+        else:
             counts.buckets[bisect.bisect_left(SECONDS_BUCKETS, seconds)] += 1
-            if kv_ops:
-                totals = self._kv_ops
-                for key, count in kv_ops.items():
-                    totals[key] = totals.get(key, 0) + count
+        if ops is None:
+            return
+        made = ops.made
+        if made != _NO_OPS:  # one C-level compare: most calls make few kinds of operation, many none
+            totals = self._kv.made
+            for index, count in enumerate(made):
+                if count:
+                    totals[index] += count
+                    made[index] = 0
+        if ops.refused:
+            refused = self._kv.refused
+            for key, count in ops.refused.items():
+                refused[key] = refused.get(key, 0) + count
+            ops.refused.clear()
 
     def reloaded(self, outcome: str) -> None:
         """Count one reload that ended as `outcome`."""
@@ -157,7 +231,7 @@ class PluginCounters:
         """These counts as a `PluginStats`."""
         with self._lock:
             exports = {
-                export: ExportStats(export, dict(counts.outcomes), counts.seconds, tuple(counts.buckets))
+                export: ExportStats(export, counts.by_outcome(), counts.seconds, tuple(counts.buckets))
                 for export, counts in self._exports.items()
             }
             return PluginStats(
@@ -167,7 +241,7 @@ class PluginCounters:
                 pool_size=pool_size,
                 busy=busy,
                 exports=exports,
-                kv_ops=dict(self._kv_ops),
+                kv_ops=self._kv.as_dict(),
                 reloads=dict(self._reloads),
             )
 

@@ -275,6 +275,71 @@ def test_rate_limited_operations_are_counted(kvstore: kv.KvStore) -> None:
     assert stats.rate_limited == outcomes.count("-10")
 
 
+def test_stats_stay_exact_under_concurrent_calls_and_reloads(wasm_host: host.Host) -> None:
+    plugin = wasm_host.load(POOLED, name="p", tenant="acme", pool_size=2)
+    per_thread = 100
+
+    def hammer() -> None:
+        for _ in range(per_thread):
+            plugin.call("hit")
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for _ in range(2):
+        plugin.reload(POOLED)
+    for thread in threads:
+        thread.join(60)
+    calls = 3 * per_thread
+    stats = plugin.stats()
+    assert stats.exports["hit"].outcomes == {"ok": calls}
+    assert sum(stats.exports["hit"].buckets) == calls
+    assert stats.kv_ops == {("increment", "ok"): calls}
+    assert hits(plugin.call("hit")) == calls + 1
+
+
+GET_THEN_TRAP = """
+(module
+  (import "kv" "open" (func $open (param i32 i32) (result i32)))
+  (import "kv" "get" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "default")
+  (data (i32.const 16) "k")
+  (func (export "run") (result i32)
+    (drop (call $get (call $open (i32.const 0) (i32.const 7))
+                     (i32.const 16) (i32.const 1) (i32.const 32) (i32.const 0)))
+    (drop (call $get (i32.const 99) (i32.const 16) (i32.const 1) (i32.const 32) (i32.const 0)))
+    (drop (call $get (i32.const 0) (i32.const 65530) (i32.const 100) (i32.const 32) (i32.const 0)))
+    unreachable))
+"""
+
+
+def test_kv_ops_of_a_call_that_traps_are_counted_with_its_refused_gets(wasm_host: host.Host) -> None:
+    recorder = Recorder()
+    wasm_host.add_observer(recorder)
+    plugin = wasm_host.load(GET_THEN_TRAP, name="g", tenant="acme")
+    for _ in range(2):  # the second call runs on a fresh instance: nothing of the first is counted twice
+        with pytest.raises(host.PluginTrap):
+            plugin.call("run")
+    stats = plugin.stats()
+    assert stats.exports["run"].outcomes == {"trap": 2}
+    # A missing key is an answer, not a refusal; a bad handle and a bad pointer are refusals.
+    assert stats.kv_ops == {("get", "ok"): 2, ("get", "bad_handle"): 2, ("get", "bad_pointer"): 2}
+    assert [record.kv_ops for record in recorder.calls] == [
+        {("get", "ok"): 1, ("get", "bad_handle"): 1, ("get", "bad_pointer"): 1}
+    ] * 2
+
+
+def test_each_call_returns_only_its_own_output(wasm_host: host.Host) -> None:
+    plugin = wasm_host.load(POOLED, name="p", tenant="acme", pool_size=1)
+    assert hits(plugin.call("hit")) == 1
+    assert plugin.call("calls") == (1).to_bytes(4, "little")
+    with pytest.raises(host.PluginTrap) as trapped:
+        plugin.call("boom")
+    assert trapped.value.output == b""
+    assert plugin.call("calls") == (1).to_bytes(4, "little")  # a fresh instance after the trap
+
+
 def test_a_failing_observer_never_fails_a_call(wasm_host: host.Host, caplog: pytest.LogCaptureFixture) -> None:
     class Broken:
         def call_done(self, record: CallRecord) -> None:
