@@ -1,6 +1,6 @@
 """wasmkv against its right peers, interleaved in one run: one command, one markdown report.
 
-    .venv/bin/python bench/compare.py [--keys 1000,100000,1000000] [--skip-cluster] [--rounds 41]
+    .venv/bin/python bench/compare.py [--keys 1000,100000,1000000] [--skip-cluster | --only-cluster] [--rounds 41]
 
 For each key count, a fresh durable store (`KvStore.open`) is filled with that many random
 16-hex-character keys holding 64-byte values, and every peer is filled with the *same* keys.
@@ -48,10 +48,13 @@ Method and fairness choices:
   Each table ends with its noisiest contender's interquartile range, as a share of its median.
 - Cluster (unless --skip-cluster or redis-server is missing): a local 3-master/3-replica Redis
   Cluster from tests/_servers.py, `KvStore.from_url("redis+cluster://...")` (no read cache, the
-  default) against raw `redis.asyncio` (awaited on a loop in the calling thread) and sync
-  redis-py `RedisCluster` GET/SET. The store's tenant keys share a hash tag (one slot, one
-  master); the raw keys share one too. The store's sync bridge hops to its loop thread and back
-  per call: two thread wake-ups the raw clients do not pay, dearer on a small, busy machine.
+  default: its blocking redis-py engine, called on the caller's thread) against raw `redis.asyncio`
+  (awaited on a loop in the calling thread) and sync redis-py `RedisCluster` GET/SET, and its
+  writes against the store's own Lua scripts called through raw redis-py with the same arguments.
+  The store over `SyncBridge(RedisStore)` (the engine the blocking one replaced: a hop to an
+  event-loop thread and back per call) runs in the same rounds, as "before". The store's tenant
+  keys share a hash tag (one slot, one master); the raw keys share one too. Then gets from 1, 2
+  and 4 threads sharing one store (one raw client), for --scale-seconds each.
 - Scaling: store gets for a fixed time from 1 and 2 threads of one process, and from 1 and 2
   spawned processes opening the same store; ops/s summed, with the CPU time the readers got
   (`time.thread_time`), since a busy machine can starve the second reader of its core.
@@ -793,8 +796,10 @@ def scaling(path: Path, main: list[str], seconds: float, seed: int) -> list[tupl
 # -- Redis Cluster -------------------------------------------------------------------------------------
 
 
-def cluster_sections(keys: list[int], rounds: int, seed: int) -> tuple[list[Section], str]:
-    """The cluster store against raw redis-py clients, per key count; and how long the cluster took to start."""
+def cluster_sections(
+    keys: list[int], rounds: int, seed: int, scale_seconds: float
+) -> tuple[list[Section], list[ScaleTable], str]:
+    """The cluster store against raw redis-py clients, per key count, and its thread scaling; and the start-up time."""
     from redis.asyncio.cluster import ClusterNode as AsyncNode  # noqa: PLC0415
     from redis.asyncio.cluster import RedisCluster as AsyncCluster  # noqa: PLC0415
     from redis.cluster import ClusterNode, RedisCluster  # noqa: PLC0415
@@ -805,6 +810,7 @@ def cluster_sections(keys: list[int], rounds: int, seed: int) -> tuple[list[Sect
     startup = f"cluster of 3 masters + 3 replicas started in {time.perf_counter() - started:.1f} s"
     loop = asyncio.new_event_loop()
     sections: list[Section] = []
+    scales: list[ScaleTable] = []
     try:
         url: str = servers.url
         addresses = [address.rsplit(":", 1) for address in url.removeprefix("redis+cluster://").split(",")]
@@ -812,23 +818,84 @@ def cluster_sections(keys: list[int], rounds: int, seed: int) -> tuple[list[Sect
         sync_client = RedisCluster(startup_nodes=nodes)
         async_client = AsyncCluster(startup_nodes=[AsyncNode(host_, int(port)) for host_, port in addresses])
         loop.run_until_complete(async_client.initialize())
-        with kv.KvStore.from_url(url, sweep_interval_s=None) as store:
+        # The store as a program opens it (its blocking engine), and the same store over the sync bridge
+        # (the engine before the blocking one: each call hops to an event-loop thread and back).
+        with (
+            kv.KvStore.from_url(url, sweep_interval_s=None) as store,
+            kv.KvStore(kv.SyncBridge(kv.RedisStore.from_url(url), timeout_s=3.0), sweep_interval_s=None) as bridged,
+        ):
             for n in keys:
-                sections.append(cluster_section(n, rounds, seed, store, sync_client, async_client, loop))
+                section, scale = cluster_section(
+                    n, rounds, seed, store, bridged, sync_client, async_client, loop, scale_seconds
+                )
+                sections.append(section)
+                scales.append(scale)
         loop.run_until_complete(async_client.aclose())
         sync_client.close()
     finally:
         loop.close()
         servers.stop()
-    return sections, startup
+    return sections, scales, startup
+
+
+@dataclasses.dataclass
+class ScaleTable:
+    title: str
+    #: contender -> (ops/s, cores its threads used) from 1, 2, 4 threads
+    rates: dict[str, list[tuple[float, float]]]
+
+
+SCALE_THREADS: Final = (1, 2, 4)
+
+
+def _threads_calls(get: Callable[[str], object], keysets: list[list[str]], seconds: float) -> tuple[float, float]:
+    """Calls of `get` per second summed over one thread per key set, all released together, and the cores they used."""
+    counts = [0] * len(keysets)
+    cpu = [0.0] * len(keysets)
+    gate = threading.Barrier(len(keysets))
+
+    def work(slot: int) -> None:
+        keys = keysets[slot]
+        for key in keys[:50]:
+            get(key)
+        gate.wait()
+        began = time.thread_time()
+        ops, at, deadline = 0, 0, time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            for _ in range(50):
+                get(keys[at])
+                at = at + 1 if at + 1 < len(keys) else 0
+            ops += 50
+        counts[slot] = ops
+        cpu[slot] = time.thread_time() - began
+
+    workers = [threading.Thread(target=work, args=(slot,)) for slot in range(len(keysets))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(counts) / seconds, sum(cpu) / seconds
 
 
 def cluster_section(
-    n: int, rounds: int, seed: int, store: kv.KvStore, sync_client: Any, async_client: Any, loop: Any
-) -> Section:
+    n: int,
+    rounds: int,
+    seed: int,
+    store: kv.KvStore,
+    bridged: kv.KvStore,
+    sync_client: Any,
+    async_client: Any,
+    loop: Any,
+    scale_seconds: float,
+) -> tuple[Section, ScaleTable]:
+    from wasmkv.kv import _redis_scripts as lua  # noqa: PLC0415
+
     rng = random.Random(seed * 7_000_003 + n)
     main = make_keys(rng, n)
-    bucket = store.tenant(f"k{n}", kv.Quota(max_keys=n + 10_000, max_bytes=2**40)).bucket(BUCKET)
+    quota = kv.Quota(max_keys=n + 10_000, max_bytes=2**40)
+    tenant = f"k{n}"
+    bucket = store.tenant(tenant, quota).bucket(BUCKET)
+    bridged_bucket = bridged.tenant(tenant).bucket(BUCKET)
     started = time.perf_counter()
     for at in range(0, n, CHUNK):
         bucket.set_many([(key, VALUE) for key in main[at : at + CHUNK]])
@@ -849,28 +916,72 @@ def cluster_section(
     def raw_keys() -> list[list[bytes]]:
         return [[(tag + key).encode() for key in sequence] for sequence in draw()]
 
-    store_gets, store_sets = draw(), draw()
-    async_gets, async_sets, sync_gets, sync_sets = raw_keys(), raw_keys(), raw_keys(), raw_keys()
+    store_gets, store_sets, bridge_gets, bridge_sets = draw(), draw(), draw(), draw()
+    async_gets, async_sets, sync_gets, sync_sets, node_gets = raw_keys(), raw_keys(), raw_keys(), raw_keys(), raw_keys()
+    script_sets = draw()
+    # The floor of a routed GET: redis-py's client of the node that serves the raw keys' slot, called directly.
+    node_client = sync_client.get_redis_connection(sync_client.get_node_from_key(tag))
 
-    def store_get(r: int) -> int:
-        for key in store_gets[r]:
-            bucket.get(key)
+    # The raw script peers: the store's own write scripts, registered on the raw sync client and called
+    # with the arguments the store passes them, on a tenant of their own in the store's layout.
+    scripts = lua.register(sync_client, 60_000)
+    raw_base = f"wkv:{{raw{n}}}:".encode()
+    raw_tenant_keys = [raw_base + b"u", raw_base + b"x", raw_base + b"t"]
+    bucket_arg = BUCKET.encode()
+    counters = [f"n{i:03d}" for i in range(POOL)]
+    cas_keys = [f"c{i:03d}" for i in range(POOL)]
+    store_cas, raw_cas = CasState(), CasState()
+    bucket.set_many([(key, CAS_A) for key in cas_keys])
+    scripts.set_many(
+        keys=[*raw_tenant_keys, raw_base + b"o:" + os.urandom(12)],
+        args=[raw_base, bucket_arg, quota.max_keys, quota.max_bytes, *itertools.chain(*((k, CAS_A) for k in cas_keys))],
+    )
+
+    def raw_script(script: Any, args: list[Any]) -> Any:
+        return script(keys=[*raw_tenant_keys, raw_base + b"o:" + os.urandom(12)], args=[raw_base, *args])
+
+    def each(call: Callable[[Any], object], inputs: list[list[Any]]) -> Run:
+        """A contender that calls `call` on every input of its round's batch."""
+
+        def body(r: int) -> int:
+            for item in inputs[r]:
+                call(item)
+            return batch
+
+        return timed(body)
+
+    def script_set(key: bytes) -> object:
+        return raw_script(scripts.set, [bucket_arg, key, VALUE, "", quota.max_keys, quota.max_bytes])
+
+    def store_increment(r: int) -> int:
+        for i in range(batch):
+            bucket.increment(counters[i % POOL])
         return batch
 
-    def store_set(r: int) -> int:
-        for key in store_sets[r]:
-            bucket.set(key, VALUE)
+    def script_increment(r: int) -> int:
+        for i in range(batch):
+            key = counters[i % POOL]
+            raw_script(scripts.increment, [bucket_arg, key, 1, quota.max_keys, quota.max_bytes, quota.max_value_bytes])
         return batch
 
-    def sync_get(r: int) -> int:
-        for key in sync_gets[r]:
-            sync_client.get(key)
-        return batch
+    def cas_pass(state: CasState, swap: Callable[[str, bytes, bytes], bool]) -> int:
+        old, new = (CAS_A, CAS_B) if state.holds == CAS_A else (CAS_B, CAS_A)
+        order = rng.sample(cas_keys, len(cas_keys))
+        for key in order:
+            state.tries += 1
+            state.swaps += bool(swap(key, old, new))
+        state.holds = new
+        return len(order)
 
-    def sync_set(r: int) -> int:
-        for key in sync_sets[r]:
-            sync_client.set(key, VALUE)
-        return batch
+    def store_cas_run(r: int) -> int:
+        return sum(cas_pass(store_cas, bucket.compare_and_swap) for _ in range(batch // POOL))
+
+    def script_cas_swap(key: str, old: bytes, new: bytes) -> bool:
+        args = [bucket_arg, key, "1", old, new, quota.max_keys, quota.max_bytes]
+        return bool(raw_script(scripts.compare_and_swap, args)[1])
+
+    def script_cas_run(r: int) -> int:
+        return sum(cas_pass(raw_cas, script_cas_swap) for _ in range(batch // POOL))
 
     async def async_get_batch(keys: list[bytes]) -> int:
         started = time.perf_counter_ns()
@@ -892,27 +1003,79 @@ def cluster_section(
 
     assert bucket.get(main[0]) == VALUE and sync_client.get(tag + main[0]) == VALUE
     runs: dict[str, Run] = {
-        "cluster store get": timed(store_get),
+        "cluster store get": each(bucket.get, store_gets),
+        "cluster store get, bridge (before)": each(bridged_bucket.get, bridge_gets),
         "raw redis.asyncio RedisCluster GET": async_get,
-        "raw sync RedisCluster GET": timed(sync_get),
-        "cluster store set": timed(store_set),
+        "raw sync RedisCluster GET": each(sync_client.get, sync_gets),
+        "raw sync GET on the slot's node client": each(node_client.get, node_gets),
+        "cluster store set": each(lambda key: bucket.set(key, VALUE), store_sets),
+        "cluster store set, bridge (before)": each(lambda key: bridged_bucket.set(key, VALUE), bridge_sets),
         "raw redis.asyncio RedisCluster SET": async_set,
-        "raw sync RedisCluster SET": timed(sync_set),
+        "raw sync RedisCluster SET": each(lambda key: sync_client.set(key, VALUE), sync_sets),
+        "raw sync set script": each(script_set, script_sets),
+        "cluster store increment": timed(store_increment),
+        "raw sync increment script": timed(script_increment),
+        "cluster store compare_and_swap": timed(store_cas_run),
+        "raw sync compare_and_swap script": timed(script_cas_run),
     }
     contenders = {name: Contender(name, run) for name, run in runs.items()}
     interleave(list(contenders.values()), rounds, rng)
+    for state in (store_cas, raw_cas):
+        assert state.swaps == state.tries, f"{state.tries - state.swaps} of {state.tries} swaps failed"
     rows = [
         Row("cluster store get", "raw redis.asyncio RedisCluster GET", 1.3),
         Row("cluster store get", "raw sync RedisCluster GET", 1.1),
+        Row("cluster store get", "raw sync GET on the slot's node client", None),
+        Row("cluster store get, bridge (before)", "raw sync RedisCluster GET", None),
+        Row("cluster store get, bridge (before)", "cluster store get", None),
+        Row("cluster store set", "raw sync set script", 1.3),
         Row("cluster store set", "raw redis.asyncio RedisCluster SET", None),
         Row("cluster store set", "raw sync RedisCluster SET", None),
+        Row("cluster store set, bridge (before)", "cluster store set", None),
+        Row("cluster store increment", "raw sync increment script", 1.3),
+        Row("cluster store compare_and_swap", "raw sync compare_and_swap script", 1.3),
     ]
     notes = [
         f"fill of {n:,} keys: store {store_fill:.2f} s (set_many of {CHUNK}), "
         f"raw {raw_fill:.2f} s (pipelines of {CHUNK})",
-        f"batches of {batch} ops; store via `KvStore.from_url` (sync bridge, no read cache)",
+        f"batches of {batch} ops; store via `KvStore.from_url` (its blocking engine, no read cache); "
+        "bridge (before): the same store over `SyncBridge(RedisStore)`, the engine it replaced",
+        "the store sends each call for a tenant straight to the client of the node serving its slot "
+        "(redis-py's own, from the cluster client's slot map), so its floor is a GET on that node's client",
+        "raw scripts: the store's own Lua scripts (`kv._redis_scripts`) called through redis-py's sync "
+        "`Script` with the arguments the store passes (the quota check included), on a tenant of their own; "
+        f"increments over {POOL} counters, CAS passes over {POOL} keys (every swap succeeds, checked)",
     ]
-    return Section(f"Redis Cluster, {n:,} keys", notes, contenders, rows)
+
+    keysets = [rng.choices(main, k=5000) for _ in range(max(SCALE_THREADS))]
+    raw_sets = [[tag + key for key in keyset] for keyset in keysets]
+    getters: dict[str, Callable[[str], object]] = {
+        "cluster store get": bucket.get,
+        "cluster store get, bridge (before)": bridged_bucket.get,
+        "raw sync RedisCluster GET (one shared client)": sync_client.get,
+    }
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in getters}
+    for threads in SCALE_THREADS:
+        for name, get in getters.items():
+            sets = raw_sets if name.startswith("raw") else keysets
+            rates[name].append(_threads_calls(get, sets[:threads], scale_seconds))
+    title = f"Redis Cluster thread scaling: gets of random keys, {n:,} keys, {scale_seconds:g} s each"
+    return Section(f"Redis Cluster, {n:,} keys", notes, contenders, rows), ScaleTable(title, rates)
+
+
+def print_scale(table: ScaleTable) -> None:
+    print(f"\n## {table.title}\n")
+    heads = " | ".join(f"{t} thread{'s' * (t > 1)}" for t in SCALE_THREADS)
+    print(f"| contender | {heads} | {max(SCALE_THREADS)} vs 1 |")
+    print("|---|" + "---:|" * (len(SCALE_THREADS) + 1))
+    for name, rates in table.rates.items():
+        cells = " | ".join(f"{rate:,.0f}/s ({cores:.2f})" for rate, cores in rates)
+        print(f"| {name} | {cells} | {rates[-1][0] / rates[0][0]:.2f}x |")
+    print(
+        "\n(in brackets: the CPU the client threads got, in cores, from `time.thread_time`; the cluster's six "
+        f"servers share the machine's {os.cpu_count()} cores with them and with any other work, so a busy machine "
+        "caps what more threads can add; the bridge's own work runs on its loop thread, not counted)"
+    )
 
 
 # -- report ----------------------------------------------------------------------------------------------
@@ -987,6 +1150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--keys", default="1000,100000", help="comma-separated key counts (default 1000,100000)")
     parser.add_argument("--skip-cluster", action="store_true", help="leave out the Redis Cluster comparison")
+    parser.add_argument("--only-cluster", action="store_true", help="run only the Redis Cluster comparison")
     parser.add_argument("--rounds", type=int, default=41, help="interleaved rounds per section (default 41)")
     parser.add_argument("--scale-seconds", type=float, default=2.0, help="seconds per scaling measurement")
     parser.add_argument("--dir", default=os.environ.get("BENCH_DIR"), help="where the stores live (default: $TMPDIR)")
@@ -1011,7 +1175,7 @@ def main() -> None:
         print(f"\n{source_state()}")
         sys.stdout.flush()
         largest: tuple[int, list[str]] | None = None
-        for n in counts:
+        for n in [] if args.only_cluster else counts:
             section_began = time.perf_counter()
             section, main_keys = local_section(n, args.rounds, scratch, args.seed)
             section.notes.append(f"section took {time.perf_counter() - section_began:.1f} s")
@@ -1047,10 +1211,11 @@ def main() -> None:
         print("\n## Redis Cluster\n\nskipped: redis-server or redis-cli is not on PATH")
     else:
         cluster_began = time.perf_counter()
-        sections, startup = cluster_sections(counts, args.rounds, args.seed)
-        for section in sections:
+        sections, scales, startup = cluster_sections(counts, args.rounds, args.seed, args.scale_seconds)
+        for section, scale in zip(sections, scales, strict=True):
             section.notes.insert(0, startup)
             print_section(section, args.rounds)
+            print_scale(scale)
         print(f"\n(cluster part took {time.perf_counter() - cluster_began:.1f} s)")
     print(f"\ntotal run time {time.perf_counter() - began:.1f} s; load average at end {os.getloadavg()[0]:.2f}")
 

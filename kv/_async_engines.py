@@ -1,10 +1,10 @@
 """Where an `AsyncBucket`'s engine calls run, which depends on the store's engine.
 
-- A Redis store: its `KvStore.engine` is a `SyncBridge` whose redis.asyncio
-  client lives on the bridge's loop thread, and such a client is bound to the
-  loop it first runs on. So each event loop that uses the store gets its own
-  twin engine (same URL and options), opened there on first use and awaited
-  directly, with no thread hop (`LoopEngines`).
+- A Redis store: its `KvStore.engine` is the blocking redis-py engine
+  (`kv._redis_sync`), and a redis.asyncio client is bound to the loop it first
+  runs on. So each event loop that uses the store gets its own async engine
+  (same URL and options), opened there on first use and awaited directly, with
+  no thread hop (`LoopEngines`).
 - Any other engine (LMDB, memory): reads take microseconds and run inline on
   the loop; writes may wait for the writer lock that another thread or process
   holds, so they run on a writer thread of the store's own (`ThreadedStore`).

@@ -42,8 +42,6 @@ __all__ = [
 
 #: The environment variable a Redis password may come from, so that it never has to be on a command line.
 PASSWORD_VARIABLE: Final = "WASMKV_REDIS_PASSWORD"
-#: How much longer than a Redis store's own operation timeout the sync bridge waits before giving up.
-_BRIDGE_GRACE_S: Final = 1.0
 
 
 def _positive(value: float) -> str | None:
@@ -115,8 +113,8 @@ class Opened:
 
     engine: Store
     on_close: Callable[[], None] | None = None
-    #: For an engine bound to one event loop (a `SyncBridge`): opens another async engine on the same
-    #: data, with the same options, for `AsyncBucket`s to await on another loop.
+    #: For an engine whose async calls need an engine of each event loop's own (a Redis client is bound
+    #: to one loop): opens an async engine on the same data, with the same options, for `AsyncBucket`s.
     open_async: Callable[[], AsyncStore] | None = None
 
 
@@ -184,24 +182,26 @@ def _open_memory(location: str, options: dict[str, Any], clock: Clock) -> Opened
 
 def _open_redis(location: str, options: dict[str, Any], clock: Clock) -> Opened:
     # Imported here so that the embedded default never loads redis-py.
-    from ._bridge import SyncBridge  # noqa: PLC0415
-    from ._read_cache import ReadCache  # noqa: PLC0415
+    from ._read_cache import ReadCache, SyncReadCache  # noqa: PLC0415
     from ._redis import RedisStore  # noqa: PLC0415
+    from ._redis_sync import RedisSyncStore  # noqa: PLC0415
 
     cache_size = options.pop("read_cache_size", 0)
     cache_ms = options.pop("read_cache_ms", None)
+    cache_options = {} if cache_ms is None else {"max_age_ms": cache_ms}
     options.setdefault("password", os.environ.get(PASSWORD_VARIABLE) or None)
 
-    # The bridge's engine and every event loop's twin (see `Opened.open_async`) are built by this one recipe.
+    # Synchronous calls run on the caller's thread through redis-py's blocking client; each event loop
+    # that uses the store gets an async twin (see `Opened.open_async`). Both run the same operations
+    # (`kv._redis_core`), so they share the data and its quotas exactly.
     def open_async() -> AsyncStore:
         engine = RedisStore.from_url(location, **options)
-        if not cache_size:
-            return engine
-        return ReadCache(engine, size=cache_size, **({} if cache_ms is None else {"max_age_ms": cache_ms}))
+        return ReadCache(engine, size=cache_size, **cache_options) if cache_size else engine
 
-    timeout_s = options.get("timeout_s", DEFAULT_REDIS_TIMEOUT_S)
-    # The bridge is a backstop over the store's own per-operation timeout: it only fires if the loop is stuck.
-    return Opened(SyncBridge(open_async(), timeout_s=timeout_s + _BRIDGE_GRACE_S), open_async=open_async)
+    engine: Store = RedisSyncStore.from_url(location, **options)
+    if cache_size:
+        engine = SyncReadCache(engine, size=cache_size, **cache_options)
+    return Opened(engine, open_async=open_async)
 
 
 _LMDB = Backend("lmdb", "an embedded (LMDB) store", _LOCAL_OPTIONS, _open_lmdb, honours_clock=True)

@@ -1,19 +1,38 @@
-"""The edge of the Redis engine: a client from a URL, and driver errors translated once into `BackendUnavailable`."""
+"""The edge of the Redis engines: clients from a URL, and driver errors translated once into `BackendUnavailable`."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
+import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.backoff
+import redis.cluster
+import redis.connection
 import redis.exceptions
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+import redis.retry
 
 from ._errors import BackendUnavailable, InvalidArgument
 
-__all__ = ["DRIVER_ERRORS", "Client", "check_timeout", "connect", "translate"]
+__all__ = [
+    "DRIVER_ERRORS",
+    "RETRYABLE_ERRORS",
+    "Client",
+    "SyncClient",
+    "Target",
+    "check_timeout",
+    "connect",
+    "translate",
+]
 
-Client = redis.asyncio.Redis | RedisCluster
+#: A redis.asyncio client, one node or a cluster.
+Client = redis.asyncio.Redis | redis.asyncio.RedisCluster
+#: A blocking redis-py client, one node or a cluster.
+SyncClient = redis.Redis | redis.RedisCluster
 
 
 def check_timeout(timeout_s: object) -> float:
@@ -27,6 +46,46 @@ def check_timeout(timeout_s: object) -> float:
     return float(timeout_s)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Target:
+    """A checked Redis URL, with how to reach it; opens either kind of client, neither connecting yet."""
+
+    #: The URL of one node (`redis://`, `rediss://`), or None for a cluster.
+    node_url: str | None
+    #: A cluster's startup nodes (host, port); empty for one node.
+    cluster_nodes: tuple[tuple[str, int], ...]
+    #: Where it points, for messages ("Redis Cluster at 127.0.0.1:7000").
+    where: str
+    #: What both clients take: timeouts, credentials, TLS, pool size.
+    options: Mapping[str, Any]
+
+    def open_async(self) -> Client:
+        """A redis.asyncio client; it connects on first use."""
+        if self.node_url is not None:
+            return redis.asyncio.Redis.from_url(self.node_url, **self.options)
+        return redis.asyncio.RedisCluster(
+            startup_nodes=[redis.asyncio.cluster.ClusterNode(host, port) for host, port in self.cluster_nodes],
+            **self.options,
+        )
+
+    def open_sync(self) -> SyncClient:
+        """A blocking redis-py client, which makes no retry of its own (`RedisSyncStore` retries within its bound).
+
+        A cluster client connects here, to load the slot map (one node's client on first use).
+
+        Raises:
+            redis.exceptions.RedisClusterException: if no startup node can be reached (see `translate`).
+        """
+        once = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+        if self.node_url is not None:
+            return redis.Redis.from_url(self.node_url, retry=once, **self.options)
+        return redis.RedisCluster(
+            startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in self.cluster_nodes],  # type: ignore[no-untyped-call]
+            retry=once,
+            **self.options,
+        )
+
+
 def connect(
     url: str,
     *,
@@ -34,8 +93,8 @@ def connect(
     max_connections: int,
     password: str | None = None,
     tls_ca_file: str | None = None,
-) -> tuple[Client, str]:
-    """A client for a Redis URL, and a description of where it points for messages. Connects lazily.
+) -> Target:
+    """Where a Redis URL points, checked; `Target.open_async` and `Target.open_sync` then build clients.
 
     `redis://[user:password@]host:port[/db]` and `redis+cluster://host:port[,host:port...]`;
     `rediss://` and `rediss+cluster://` are the same over TLS, checking the
@@ -50,37 +109,32 @@ def connect(
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     tls = scheme.startswith("rediss")
-    tls_options: dict[str, Any] = {"ssl_ca_certs": tls_ca_file} if tls and tls_ca_file else {}
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        "max_connections": max_connections,
+        **({"ssl_ca_certs": tls_ca_file} if tls and tls_ca_file else {}),
+    }
     try:
         if scheme in ("redis", "rediss"):
-            client: Client = redis.asyncio.Redis.from_url(
-                url,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_timeout,
-                max_connections=max_connections,
-                password=None if parts.password else password,
-                **tls_options,
-            )
-            return client, f"Redis at {parts.hostname}:{parts.port or 6379}"
+            redis.connection.parse_url(url)  # type: ignore[no-untyped-call]  # what both clients' `from_url` do: a malformed URL fails here
+            options["password"] = None if parts.password else password
+            return Target(url, (), f"Redis at {parts.hostname}:{parts.port or 6379}", options)
         if scheme in ("redis+cluster", "rediss+cluster"):
-            nodes = [_parse_node(url, address) for address in parts.netloc.rpartition("@")[2].split(",")]
+            nodes = tuple(_parse_node(url, address) for address in parts.netloc.rpartition("@")[2].split(","))
             if parts.path not in ("", "/", "/0"):
                 raise InvalidArgument(f"a Redis Cluster has only database 0, got {url!r}")
             user, _, url_password = parts.netloc.rpartition("@")[0].partition(":")
-            client = RedisCluster(
-                startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            options.update(
                 username=unquote(user) or None,
                 password=unquote(url_password) or password or None,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_timeout,
-                max_connections=max_connections,
                 # Serve the slots that are up while another node fails over.
                 require_full_coverage=False,
                 ssl=tls,
-                **tls_options,
             )
-            return client, "Redis Cluster at " + ",".join(f"{host}:{port}" for host, port in nodes)
-    except (ValueError, redis.exceptions.RedisClusterException) as exc:
+            where = "Redis Cluster at " + ",".join(f"{host}:{port}" for host, port in nodes)
+            return Target(None, nodes, where, options)
+    except ValueError as exc:
         raise InvalidArgument(f"malformed Redis URL {url!r}: {exc}") from exc
     raise InvalidArgument(f"not a Redis URL (redis://, rediss://, redis+cluster://, rediss+cluster://): {url!r}")
 
@@ -95,6 +149,14 @@ def _parse_node(url: str, address: str) -> tuple[str, int]:
 #: What `translate` maps: a timeout of ours, and whatever the driver or the socket raises (redis-py's
 #: cluster errors do not derive from its `RedisError`).
 DRIVER_ERRORS: Final = (TimeoutError, redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
+#: The driver errors after which the same call may be sent again (a lost connection, a cluster reconfiguring),
+#: as redis-py's cluster client retries them; every write carries its record, so a resent one runs once.
+RETRYABLE_ERRORS: Final = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.SlotNotCoveredError,
+)
 
 
 def translate(where: str, timeout_s: float, exc: BaseException) -> BackendUnavailable:

@@ -1,16 +1,16 @@
 """The Lua scripts of the Redis engine, and the result codes they return.
 
 Every write is one script (EVALSHA) that reads, checks the tenant's quota,
-writes and updates the usage counters atomically on the server. The engine
-(`kv._redis.RedisStore`) registers them with `register`; nothing else here runs.
+writes and updates the usage counters atomically on the server. Both engines
+(`kv._redis.RedisStore` on redis.asyncio, `kv._redis_sync.RedisSyncStore` on
+redis-py's blocking clients) register these same texts with `register`, so
+they write identical data; nothing else here runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Final
-
-from redis.commands.core import AsyncScript
+from typing import Any, Final, Generic, TypeVar
 
 __all__ = ["NOT_A_NUMBER", "OK", "OVERFLOW", "QUOTA", "TOO_LARGE", "Scripts", "register"]
 
@@ -317,21 +317,25 @@ end
 """
 
 
+#: redis-py's `Script` (blocking client) or `AsyncScript` (redis.asyncio).
+S = TypeVar("S")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
-class Scripts:
+class Scripts(Generic[S]):
     """The engine's scripts, registered on one client."""
 
-    set: AsyncScript
-    set_many: AsyncScript
-    delete_many: AsyncScript
-    increment: AsyncScript
-    compare_and_swap: AsyncScript
-    usage: AsyncScript
-    sweep: AsyncScript
-    range: AsyncScript
+    set: S
+    set_many: S
+    delete_many: S
+    increment: S
+    compare_and_swap: S
+    usage: S
+    sweep: S
+    range: S
 
 
-def register(client: Any, op_record_ttl_ms: int) -> Scripts:
+def register(client: Any, op_record_ttl_ms: int) -> Scripts[Any]:
     """Register every script on `client`; a write's exactly-once record lives `op_record_ttl_ms`."""
     preamble = _PREAMBLE.replace("OP_RECORD_TTL_MS", str(op_record_ttl_ms))
     script = client.register_script

@@ -25,6 +25,8 @@ import pytest
 from conftest import FakeClock
 
 from wasmkv import kv
+from wasmkv.kv._read_cache import SyncReadCache
+from wasmkv.kv._redis_sync import RedisSyncStore
 
 PROCESSES = 3
 
@@ -355,7 +357,7 @@ def test_expired_keys_leave_the_index_and_the_usage_counters() -> None:
             assert tenant.usage() == kv.Usage(keys=6, bytes=20)
 
 
-def test_the_background_sweeper_reclaims_expired_keys_through_the_bridge() -> None:
+def test_the_background_sweeper_reclaims_expired_keys() -> None:
     server = _servers.single()
     prefix = _prefix()
     with kv.KvStore.from_url(server.url, key_prefix=prefix, sweep_interval_s=0.05) as store:
@@ -395,12 +397,21 @@ def test_increment_is_exact_signed_64_bit_arithmetic_on_the_server() -> None:
 # -- the read cache ----------------------------------------------------------------------------------
 
 
-def test_the_read_cache_is_bounded_in_staleness_and_sees_its_own_writes() -> None:
+def _cached_store(kind: str, url: str, prefix: str, clock: FakeClock) -> kv.KvStore:
+    """A store with a 200 ms read cache: `ReadCache` over the bridge, or `SyncReadCache` over the blocking engine."""
+    if kind == "async":
+        cache = kv.ReadCache(kv.RedisStore.from_url(url, key_prefix=prefix), size=100, max_age_ms=200, clock=clock)
+        return kv.KvStore(kv.SyncBridge(cache), sweep_interval_s=None)
+    engine = RedisSyncStore.from_url(url, key_prefix=prefix)
+    return kv.KvStore(SyncReadCache(engine, size=100, max_age_ms=200, clock=clock), sweep_interval_s=None)
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_the_read_cache_is_bounded_in_staleness_and_sees_its_own_writes(kind: str) -> None:
     url, prefix = _servers.single().url, _prefix()
     clock = FakeClock(0.0)
-    cache = kv.ReadCache(kv.RedisStore.from_url(url, key_prefix=prefix), size=100, max_age_ms=200, clock=clock)
     with (
-        kv.KvStore(kv.SyncBridge(cache), sweep_interval_s=None) as cached,
+        _cached_store(kind, url, prefix, clock) as cached,
         kv.KvStore.from_url(url, key_prefix=prefix, sweep_interval_s=None) as other,
     ):
         mine, theirs = cached.tenant("acme").bucket(), other.tenant("acme").bucket()
@@ -415,6 +426,9 @@ def test_the_read_cache_is_bounded_in_staleness_and_sees_its_own_writes() -> Non
         assert mine.get("k") == b"3"  # its own write, at once
         mine.delete("k")
         assert mine.get("k") is None
+        theirs.set("k", b"4")
+        cached.engine.delete_tenant("acme")
+        assert mine.get("k") is None  # deleting a tenant forgets everything cached
 
 
 def test_read_cache_options_put_the_cache_in_front_of_the_engine() -> None:
@@ -450,12 +464,12 @@ def test_redis_store_is_exported_lazily() -> None:
 
 
 def test_a_resent_write_runs_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    # What redis-py does when a connection drops after sending: the same script call again.
-    monkeypatch.setattr("wasmkv.kv._redis.os.urandom", lambda n: b"x" * n)
+    # What a driver does when a connection drops after sending: the same script call again.
+    monkeypatch.setattr("wasmkv.kv._redis_core.os.urandom", lambda n: b"x" * n)
+    ns, quota = kv.Namespace("acme", "default"), kv.Quota()
 
     async def run() -> tuple[int, int, bool, bytes | None]:
         store = kv.RedisStore.from_url(_servers.single().url, key_prefix=_prefix())
-        ns, quota = kv.Namespace("acme", "default"), kv.Quota()
         try:
             first = await store.increment(ns, b"n", 5, quota)
             again = await store.increment(ns, b"n", 5, quota)
@@ -465,3 +479,8 @@ def test_a_resent_write_runs_once(monkeypatch: pytest.MonkeyPatch) -> None:
             await store.aclose()
 
     assert asyncio.run(run()) == (5, 5, True, b"5")
+    with RedisSyncStore.from_url(_servers.single().url, key_prefix=_prefix()) as store:
+        first = store.increment(ns, b"n", 5, quota)
+        again = store.increment(ns, b"n", 5, quota)
+        swapped = store.compare_and_swap(ns, b"n", b"5", b"6", quota)
+        assert (first, again, swapped, store.get(ns, b"n")) == (5, 5, True, b"5")
