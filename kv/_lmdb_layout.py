@@ -24,7 +24,9 @@ Everything here works inside a transaction the engine (`kv._lmdb.LmdbStore`) ope
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import islice
 from typing import Final, cast
 
 import lmdb
@@ -41,10 +43,13 @@ __all__ = [
     "expiry_of",
     "fast_keys",
     "fast_scan",
+    "holds_long_key",
     "is_live",
     "live_value",
     "lmdb_key",
     "lookup",
+    "page_keys",
+    "page_pairs",
     "read_usage",
     "replace",
     "scan",
@@ -183,14 +188,14 @@ _StoredPairs = Iterator[tuple[bytes | memoryview, bytes | memoryview]]
 _NOTHING: Final[tuple[_StoredPairs, bytes, bytes]] = (iter(()), b"", b"")
 
 
-def _fast_walk(
+def _position(
     cursor: lmdb.Cursor, prefix: bytes, key_range: KeyRange, after: bytes | None
-) -> tuple[_StoredPairs, bytes, bytes] | None:
-    """LMDB's own iterator over the stored pairs a page reads, in the range's order, and the
-    stored keys every pair of the range lies in: `floor` (inclusive) to `stop` (exclusive).
+) -> tuple[bytes, bytes] | None:
+    """Put `cursor` on the first stored pair a page reads, in the range's order, and return the stored
+    keys every pair of the range lies in: `floor` (inclusive) to `stop` (exclusive).
 
-    None when long keys are in the way (a bound past `SHORT_ROOM`): their stored keys
-    do not sort as their keys, so the caller takes the general path.
+    `(b"", b"")` when the page is empty; None when long keys are in the way (a bound past
+    `SHORT_ROOM`): their stored keys do not sort as their keys, so the caller takes the general path.
     """
     low, high = key_range.low, key_range.high
     floor = prefix + low
@@ -205,17 +210,98 @@ def _fast_walk(
     if not key_range.reverse:
         start = floor if after is None or after < low else prefix + after
         if stop <= start or not cursor.set_range(start):
-            return _NOTHING
+            return b"", b""
         if after is not None and cursor.key() == start and not cursor.next():  # skip `after` itself
-            return _NOTHING
-        return cursor.iternext(), floor, stop
+            return b"", b""
+        return floor, stop
     if after is not None and prefix + after < stop:
         stop = prefix + after  # exclusive: the page resumes below `after`
     if stop <= floor:
-        return _NOTHING
+        return b"", b""
     if not (cursor.prev() if cursor.set_range(stop) else cursor.last()):
+        return b"", b""
+    return floor, stop
+
+
+def _fast_walk(
+    cursor: lmdb.Cursor, prefix: bytes, key_range: KeyRange, after: bytes | None
+) -> tuple[_StoredPairs, bytes, bytes] | None:
+    """LMDB's own iterator over the stored pairs a page reads, in the range's order, and the
+    stored keys every pair of the range lies in (as `_position`).
+
+    None when long keys are in the way: the caller takes the general path.
+    """
+    bounds = _position(cursor, prefix, key_range, after)
+    if bounds is None:
+        return None
+    floor, stop = bounds
+    if not stop:
         return _NOTHING
-    return cursor.iterprev(), floor, stop
+    return (cursor.iterprev() if key_range.reverse else cursor.iternext()), floor, stop
+
+
+def _first_key(pair: tuple[bytes, bytes]) -> bytes:
+    return pair[0]
+
+
+def page_keys(
+    cursor: lmdb.Cursor[bytes], prefix: bytes, key_range: KeyRange, after: bytes | None, count: int
+) -> list[bytes] | None:
+    """The first `count` stored keys (namespace prefix included) a page of `key_range` past `after`
+    reads, in the range's order, live or not; records are not read.
+
+    `cursor` belongs to a transaction without buffers. LMDB's own iterator collects the keys
+    and a bisection drops those past the range: no Python code runs per key. None when a bound
+    is a long key; see `holds_long_key` for one among them (the caller then takes the general path).
+    """
+    bounds = _position(cursor, prefix, key_range, after)
+    if bounds is None:
+        return None
+    floor, stop = bounds
+    if not stop:
+        return []
+    keys: list[bytes]
+    if key_range.reverse:
+        keys = list(islice(cursor.iterprev(True, False), count))
+        if keys and keys[-1] < floor:
+            keys.reverse()
+            del keys[: bisect_left(keys, floor)]
+            keys.reverse()
+    else:
+        keys = list(islice(cursor.iternext(True, False), count))
+        if keys and keys[-1] >= stop:
+            del keys[bisect_left(keys, stop) :]
+    return keys
+
+
+def holds_long_key(joined: bytes) -> bool:
+    """Whether stored keys joined hold a long key's: its mark follows the head, and UTF-8 (or a namespace
+    prefix) never holds that byte. One search in C."""
+    return _LONG_MARK in joined
+
+
+def page_pairs(
+    cursor: lmdb.Cursor[bytes], prefix: bytes, key_range: KeyRange, after: bytes | None, count: int
+) -> list[tuple[bytes, bytes]] | None:
+    """As `page_keys`, with each key's stored record: the first `count` (stored key, record) pairs."""
+    bounds = _position(cursor, prefix, key_range, after)
+    if bounds is None:
+        return None
+    floor, stop = bounds
+    if not stop:
+        return []
+    pairs: list[tuple[bytes, bytes]]
+    if key_range.reverse:
+        pairs = list(islice(cursor.iterprev(), count))
+        if pairs and pairs[-1][0] < floor:
+            pairs.reverse()
+            del pairs[: bisect_left(pairs, floor, key=_first_key)]
+            pairs.reverse()
+    else:
+        pairs = list(islice(cursor.iternext(), count))
+        if pairs and pairs[-1][0] >= stop:
+            del pairs[bisect_left(pairs, stop, key=_first_key) :]
+    return pairs
 
 
 def fast_keys(

@@ -8,12 +8,14 @@ inside a server-side script). Engines raise only `KvError` subclasses.
 
 Every operation is required, including the housekeeping ones (`sweep`,
 `tenants`, `buckets`): an engine with nothing to sweep returns 0. Callers never
-probe an engine for what it can do.
+probe an engine for what it can do. One capability is optional and declared:
+`DirectReads`, reads already in the shape `Bucket` returns, which `KvStore`
+checks for once, when it is handed the engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from ._rules import KeyRange, Namespace, Quota, Usage
@@ -167,3 +169,26 @@ class AsyncStore(Protocol):
 
     async def aclose(self) -> None:
         """As `Store.close`."""
+
+
+@runtime_checkable
+class DirectReads(Protocol):
+    """Optional, beside `Store`: reads in the shape `Bucket` returns them, for an engine in this process.
+
+    Such an engine builds a page in a few passes in C rather than the front layer
+    converting each key and item, and binds a point read to its namespace once.
+    `KvStore` uses these when its engine offers them, and `Store`'s own otherwise.
+    """
+
+    def reader(self, ns: Namespace) -> Callable[[bytes], bytes | None]:
+        """`Store.get` bound to the namespace `ns`: called with just the key."""
+
+    def list_keys_text(
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int
+    ) -> tuple[list[str], bool]:
+        """As `Store.list_keys`, each key decoded from UTF-8."""
+
+    def scan_text(
+        self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int, max_bytes: int
+    ) -> tuple[list[tuple[str, bytes]], bool]:
+        """As `Store.scan`, each item (key decoded from UTF-8, value), without its TTL."""

@@ -6,6 +6,7 @@ applies) and hands engines only valid input; see `kv._protocol.Store`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -17,7 +18,7 @@ from typing import Any, Final
 from ._async_engines import LoopEngines, ThreadedStore
 from ._backends import BACKENDS, backend_for, check_options
 from ._errors import BackendUnavailable, InvalidArgument
-from ._protocol import AsyncStore, ScanItem, Store
+from ._protocol import AsyncStore, DirectReads, ScanItem, Store
 from ._rules import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_SWEEP_INTERVAL_S,
@@ -68,29 +69,47 @@ Key = str | bytes
 _log = logging.getLogger("wasmkv.kv")
 
 
+#: The bytes a key may hold that the batch check deletes: what remains of the keys is a control character.
+_PRINTABLE_ASCII: Final = bytes(range(0x20, 0x7F))
+#: The same for str keys joined by newlines and encoded: UTF-8 holds a byte below 0x80 only as that character.
+_PRINTABLE_UTF8_OR_NEWLINE: Final = _PRINTABLE_ASCII + b"\n" + bytes(range(0x80, 0x100))
+
+
 def _batch_fast_path(keys: list[Key], max_key_bytes: int) -> list[bytes] | None:
-    """Validate a batch of printable-ASCII keys (all str, or all bytes) in C-level passes.
+    """Validate a batch of keys (all str, or all ASCII bytes) and return them as UTF-8, in a few passes in C.
 
     None if any key needs the full per-key check (which also rejects keys of any other type).
     """
     if not keys:
         return None
     kinds = set(map(type, keys))
-    if kinds not in ({bytes}, {str}):
+    raw: list[bytes]
+    if kinds == {str}:
+        try:
+            joined = "\n".join(keys).encode()  # type: ignore[arg-type]
+        except UnicodeEncodeError:  # a lone surrogate
+            return None
+        raw = joined.split(b"\n")
+        # A key holding a newline splits in two; one holding another control character leaves it behind.
+        if len(raw) != len(keys) or joined.translate(None, _PRINTABLE_UTF8_OR_NEWLINE):
+            return None
+    elif kinds == {bytes}:
+        joined = b"".join(keys)  # type: ignore[arg-type]
+        # bytes keys are their own encoding: ASCII without control characters needs no copy.
+        if not joined.isascii() or joined.translate(None, _PRINTABLE_ASCII):
+            return None
+        raw = keys  # type: ignore[assignment]
+    else:
         return None
-    lengths = list(map(len, keys))
+    lengths = list(map(len, raw))
     if min(lengths) < 1 or max(lengths) > max_key_bytes:
         return None
-    if kinds == {bytes}:
-        joined_bytes = b"".join(keys)  # type: ignore[arg-type]
-        # bytes keys are their own encoding: ASCII without control characters needs no copy.
-        if joined_bytes.isascii() and joined_bytes.decode("ascii").isprintable():
-            return keys  # type: ignore[return-value]
-        return None
-    joined = "".join(keys)  # type: ignore[arg-type]
-    if not (joined.isascii() and joined.isprintable()):
-        return None
-    return [key.encode("ascii") for key in keys]  # type: ignore[union-attr]
+    return raw
+
+
+def _decoded(keys: list[bytes]) -> list[str]:
+    """The keys decoded from UTF-8 in one pass in C (no key holds NUL)."""
+    return b"\0".join(keys).decode().split("\0") if keys else []
 
 
 class KvStore:
@@ -99,9 +118,10 @@ class KvStore:
     Build one with `KvStore.open(path)` (durable) or `KvStore.memory()`, or
     wrap any engine implementing `kv.Store`. Thread-safe; a context manager.
 
-    `open_async_engine` is for an engine bound to one event loop (a `SyncBridge`):
-    it opens another async engine on the same data, which `AsyncBucket`s then
-    use, one per event loop, so that asyncio code awaits it on its own loop.
+    `open_async_engine` is for a store whose async engine is bound to one event
+    loop (Redis: a redis.asyncio client is): it opens an async engine on the same
+    data, which `AsyncBucket`s then use, one per event loop, so that asyncio code
+    awaits it on its own loop.
     Without it, `AsyncBucket`s drive `engine` itself (see `AsyncBucket`).
     """
 
@@ -116,6 +136,8 @@ class KvStore:
         open_async_engine: Callable[[], AsyncStore] | None = None,
     ) -> None:
         self.engine = engine
+        # Checked once: an engine that reads in the shape `Bucket` returns saves it work on every read.
+        self._direct: DirectReads | None = engine if isinstance(engine, DirectReads) else None
         # What `AsyncBucket`s await: a twin engine per event loop, or this engine with its writes off the loop.
         self._async: LoopEngines | ThreadedStore = (
             ThreadedStore(engine) if open_async_engine is None else LoopEngines(open_async_engine)
@@ -428,12 +450,17 @@ class Bucket:
     control characters; values are `bytes` up to `max_value_bytes`.
     """
 
-    __slots__ = ("_engine", "_ns", "tenant")
+    __slots__ = ("_direct", "_engine", "_ns", "_read", "tenant")
 
     def __init__(self, tenant: Tenant, ns: Namespace) -> None:
         self.tenant = tenant
         self._ns = ns
-        self._engine = tenant.store.engine
+        self._engine = engine = tenant.store.engine
+        self._direct = direct = tenant.store._direct
+        # What `get` calls with the key, bound once: `get` is the hot path.
+        self._read: Callable[[bytes], bytes | None] = (
+            functools.partial(engine.get, ns) if direct is None else direct.reader(ns)
+        )
 
     @property
     def name(self) -> str:
@@ -512,7 +539,10 @@ class Bucket:
         if type(reverse) is not bool:
             raise InvalidArgument(f"reverse must be True or False, got {reverse!r}")
         key_range = KeyRange(
-            encode_key(prefix, max_key_bytes, what="prefix", allow_empty=True),
+            # The whole bucket, the usual listing, without a call.
+            b""
+            if type(prefix) is str and not prefix
+            else encode_key(prefix, max_key_bytes, what="prefix", allow_empty=True),
             None if start is None else encode_key(start, max_key_bytes, what="start", allow_empty=True),
             None if end is None else encode_key(end, max_key_bytes, what="end", allow_empty=True),
             reverse,
@@ -527,15 +557,19 @@ class Bucket:
     @staticmethod
     def _key_page(key_range: KeyRange, keys: list[bytes], more: bool) -> KeyPage:
         next_cursor = encode_cursor(key_range, keys[-1]) if more and keys else None
-        return KeyPage(keys=[key.decode() for key in keys], cursor=next_cursor)
+        return KeyPage(keys=_decoded(keys), cursor=next_cursor)
 
     def _scan_page(self, key_range: KeyRange, found: list[ScanItem], more: bool) -> ScanPage:
+        self._charge_scan(len(found))
+        next_cursor = encode_cursor(key_range, found[-1][0]) if more and found else None
+        keys = _decoded([key for key, _, _ in found])
+        return ScanPage(items=list(zip(keys, [value for _, value, _ in found], strict=True)), cursor=next_cursor)
+
+    def _charge_scan(self, count: int) -> None:
         # The page's first pair was paid for up front; the rest are charged now that their number is known.
         limiter = self.tenant._limiter
-        if limiter is not None and len(found) > 1:
-            limiter.charge(len(found) - 1)
-        next_cursor = encode_cursor(key_range, found[-1][0]) if more and found else None
-        return ScanPage(items=[(key.decode(), value) for key, value, _ in found], cursor=next_cursor)
+        if limiter is not None and count > 1:
+            limiter.charge(count - 1)
 
     @staticmethod
     def _in_order(raw: list[bytes], unique: list[bytes], values: list[bytes | None]) -> list[bytes | None]:
@@ -552,12 +586,21 @@ class Bucket:
             InvalidKey: if the key is invalid.
             RateLimited: if the tenant is over `ops_per_second`.
         """
-        # The hot path, `_key` inlined: validate, spend one rate token, read.
+        # The hot path, `tenant.quota` and `_key` inlined: refresh the quota when due, validate, spend one
+        # rate token, read.
         tenant = self.tenant
-        raw = encode_key(key, tenant.quota.max_key_bytes)
-        if tenant._limiter is not None:
-            tenant._limiter.acquire()
-        return self._engine.get(self._ns, raw)
+        if time.monotonic() - tenant._fetched_at > tenant.store.tenant_refresh_s:
+            tenant._refresh()
+        max_key_bytes = tenant._quota.max_key_bytes
+        # `encode_key`'s own fast path, inlined: a printable ASCII str.
+        if type(key) is str and key.isascii() and key.isprintable() and 0 < len(key) <= max_key_bytes:
+            raw = key.encode()
+        else:
+            raw = encode_key(key, max_key_bytes)
+        limiter = tenant._limiter
+        if limiter is not None:
+            limiter.acquire()
+        return self._read(raw)
 
     def set(self, key: Key, value: bytes) -> None:
         """Store `value` at `key`, removing any TTL.
@@ -649,8 +692,12 @@ class Bucket:
             RateLimited: as named.
         """
         key_range, after, limit = self._page_args(self.tenant.quota, prefix, start, end, reverse, cursor, limit)
-        keys, more = self._engine.list_keys(self._ns, key_range, after, limit)
-        return self._key_page(key_range, keys, more)
+        direct = self._direct
+        if direct is not None:
+            keys, more = direct.list_keys_text(self._ns, key_range, after, limit)
+            return KeyPage(keys=keys, cursor=encode_cursor(key_range, keys[-1].encode()) if more and keys else None)
+        found, more = self._engine.list_keys(self._ns, key_range, after, limit)
+        return self._key_page(key_range, found, more)
 
     def scan(
         self,
@@ -675,6 +722,13 @@ class Bucket:
             InvalidKey, InvalidArgument, RateLimited: as `list_keys`.
         """
         key_range, after, limit = self._page_args(self.tenant.quota, prefix, start, end, reverse, cursor, limit)
+        direct = self._direct
+        if direct is not None:
+            items, more = direct.scan_text(self._ns, key_range, after, limit, SCAN_PAGE_MAX_BYTES)
+            if len(items) > 1:
+                self._charge_scan(len(items))
+            next_cursor = encode_cursor(key_range, items[-1][0].encode()) if more and items else None
+            return ScanPage(items=items, cursor=next_cursor)
         found, more = self._engine.scan(self._ns, key_range, after, limit, SCAN_PAGE_MAX_BYTES)
         return self._scan_page(key_range, found, more)
 
@@ -707,13 +761,17 @@ class Bucket:
     def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
         """The values at `keys`, in order (None where missing); at most 1000 keys.
 
-        A key named several times is read once.
+        A key named several times has the same value each time: a local store reads every key from
+        one snapshot, another engine reads a repeated key once.
 
         Raises:
             InvalidKey, RateLimited: as named.
             InvalidArgument: if more than 1000 keys are given.
         """
         raw = self._keys(self.tenant.quota, keys)
+        if self._direct is not None:
+            # A local engine reads a repeated key again from the same snapshot, cheaper than finding repeats.
+            return self._engine.get_many(self._ns, raw)
         unique = list(dict.fromkeys(raw))
         return self._in_order(raw, unique, self._engine.get_many(self._ns, unique))
 
