@@ -19,6 +19,8 @@ Method and fairness choices:
   The two pools live in the same bucket, so every store holds keys + 200 records.
 - The store is called as a Python program would: str keys, `Bucket.get/set/...`; no sweeper
   thread (`sweep_interval_s=None`), no rate limit, a quota large enough never to bind.
+- Writes are also compared with raw put+commit on an environment opened like the store's but
+  without a writable map ("no writemap"): the issue's yardstick (same safety, no writemap).
 - Raw LMDB is opened with the flags read back from the store's own environment
   (`env.flags()`, `env.info()`: sync, metasync, writemap, readahead, map size, ...), holds the
   identical LMDB keys (namespace prefix + key) and records (flag byte + value), filled in the same
@@ -421,6 +423,14 @@ def local_section(n: int, rounds: int, scratch: Path, seed: int) -> tuple[Sectio
                 for key, value in items[at : at + CHUNK]:
                     txn.put(prefix + key.encode(), b"\0" + value)
         raw_fill = time.perf_counter() - started
+        # The issue's yardstick for writes: raw put+commit with the same safety and no writable map.
+        plain = lmdb.open(str(scratch / f"raw-plain-{n}"), **{**options, "writemap": False})
+        stack.callback(plain.close)
+        plain_db = plain.open_db(b"data")
+        for at in range(0, len(items), CHUNK):
+            with plain.begin(db=plain_db, write=True) as txn:
+                for key, value in items[at : at + CHUNK]:
+                    txn.put(prefix + key.encode(), b"\0" + value)
 
         connection = sqlite3.connect(scratch / f"sqlite-{n}.db", isolation_level=None, check_same_thread=False)
         stack.callback(connection.close)
@@ -443,6 +453,7 @@ def local_section(n: int, rounds: int, scratch: Path, seed: int) -> tuple[Sectio
         contenders, cas_state = build_local_contenders(
             rng, rounds, bucket, env, db, connection, prefix, main, counters, cas_keys, notes
         )
+        contenders[PLAIN_PUT] = Contender(PLAIN_PUT, raw_put_contender(rng, rounds, plain, plain_db, prefix, main))
         wasm_host = stack.enter_context(host.Host(store))
         contenders.update(build_plugin_contenders(rng, wasm_host, tenant, main, stack, notes))
         interleave(list(contenders.values()), rounds, rng)
@@ -454,6 +465,9 @@ def local_section(n: int, rounds: int, scratch: Path, seed: int) -> tuple[Sectio
         Row("store set", "sqlite3 WAL NORMAL, INSERT OR REPLACE + commit", 1.0),
         Row("store increment", "raw LMDB put+commit", 1.5),
         Row("store compare_and_swap", "raw LMDB put+commit", 1.5),
+        Row("store set", PLAIN_PUT, 1.5),
+        Row("store increment", PLAIN_PUT, 1.5),
+        Row("store compare_and_swap", PLAIN_PUT, 1.5),
         Row("store increment", "raw LMDB get+put+commit", None),
         Row("store compare_and_swap", "raw LMDB get+put+commit", None),
         Row("store list_keys page of 100", "raw LMDB cursor walk of 100", 1.5),
@@ -661,6 +675,25 @@ def build_local_contenders(
         }
     )
     return {name: Contender(name, run) for name, run in found.items()}, cas_state
+
+
+PLAIN_PUT: Final = "raw LMDB put+commit, no writemap"
+
+
+def raw_put_contender(rng: random.Random, rounds: int, env: Any, db: Any, prefix: bytes, main: list[str]) -> Run:
+    """Raw put+commit of random existing keys, one transaction each, on `env`."""
+    batches = per_round(rounds, lambda: [prefix + key.encode() for key in rng.choices(main, k=BATCH["write"])])
+    begin = env.begin
+    record = b"\0" + VALUE
+
+    def raw_put(r: int) -> int:
+        for key in batches[r]:
+            txn = begin(db, None, True)
+            txn.put(key, record)
+            txn.commit()
+        return len(batches[r])
+
+    return timed(raw_put)
 
 
 def check_cas(bucket: kv.Bucket, cas_keys: list[str], state: CasState) -> None:

@@ -142,6 +142,11 @@ _LOCAL_OPTIONS: Final[Mapping[str, Option]] = {
     "fsync": Option(
         bool, "fsync every commit, so writes also survive power loss (about 20x slower writes)", None, False
     ),
+    "writemap": Option(
+        bool,
+        "write through a writable LMDB map, its space allocated up front (faster writes; ext4, xfs or tmpfs only); "
+        "default: where the filesystem allows it and no other process has the store open without",
+    ),
 }
 
 _REDIS_OPTIONS: Final[Mapping[str, Option]] = {

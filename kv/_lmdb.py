@@ -27,6 +27,13 @@ disk. Other processes on the directory keep their smaller map until a transactio
 of theirs finds data beyond it (MDB_MAP_RESIZED), then adopt the size the file
 records and carry on.
 
+A writable map (`writemap`, chosen where the filesystem allows: `kv._lmdb_files`)
+has LMDB store pages into the map instead of calling pwrite, which makes a write
+about twice as fast. Every byte of such a map is allocated on disk before LMDB may
+write there (a store into a hole of a full disk would be SIGBUS), so it starts at
+`WRITEMAP_START_MAP_BYTES` and grows by the same doubling, each growth allocated
+first; an allocation that fails is a BackendUnavailable with nothing written.
+
 Remapping needs every transaction of this process closed (py-lmdb unmaps the
 file under any view a read still holds), and py-lmdb 2.3+ aborts a write only
 once no operation is in flight, which reads on other threads can put off for
@@ -39,13 +46,14 @@ A read's whole cost is that append, pop and flag test; a committed write pays no
 from __future__ import annotations
 
 import dataclasses
+import errno
 import mmap
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from itertools import repeat
 from operator import itemgetter
 from threading import get_ident
@@ -54,12 +62,14 @@ from typing import Final, Literal, TypeVar, cast, overload
 import lmdb
 
 from ._errors import BackendUnavailable, InvalidArgument, QuotaExceeded, ValueTooLarge
+from ._lmdb_files import StoreFiles, filesystem_of
 from ._lmdb_layout import (
     BOX_V2,
     MAX_LMDB_KEY,
     NO_TTL,
     SHORT_ROOM,
     Writer,
+    expiry_key,
     expiry_of,
     fast_keys,
     fast_scan,
@@ -93,6 +103,7 @@ __all__ = [
     "DEFAULT_MAP_SIZE_BYTES",
     "DEFAULT_MAX_MAP_SIZE_BYTES",
     "MIN_MAP_SIZE_BYTES",
+    "WRITEMAP_START_MAP_BYTES",
     "LmdbStore",
     "map_size_bytes",
     "map_size_problem",
@@ -104,10 +115,18 @@ _FILE_MODE: Final = 0o600
 #: 3: long keys each in their own record instead of boxes (see `kv._lmdb_layout`).
 STORE_FORMAT: Final = 3
 _FORMAT_KEY: Final = b"format"
+#: The format record while a process has the store open with a writable map: format 3's layout, which
+#: a wasmkv from before writemap refuses as unreadable instead of writing beside the map with pwrite
+#: (LMDB forbids the mix). The last such process to close writes `STORE_FORMAT` back.
+_WRITEMAP_MARK: Final = b"3w"
 #: Address space reserved for the data file; the file itself grows only as data is written.
 DEFAULT_MAP_SIZE_BYTES: Final = 64 * 1024**3
 #: The smallest map a store opens with.
 MIN_MAP_SIZE_BYTES: Final = 1024**2
+#: Where a writable map starts (or `map_size` if smaller): every byte of it is allocated on disk, so it
+#: starts at what a small store fills (a few MiB) and doubles from there like any map (a remap and a
+#: fallocate, about a millisecond, ten times between here and 8 GiB).
+WRITEMAP_START_MAP_BYTES: Final = 8 * 1024**2
 #: How far a full map doubles at most, unless the store was opened with a larger one.
 DEFAULT_MAX_MAP_SIZE_BYTES: Final = 1024**4
 #: Far beyond any address space, and small enough that doubling it stays a valid size_t.
@@ -146,6 +165,9 @@ class _Shared:
 
     env: lmdb.Environment
     fsync: bool
+    #: Whether LMDB writes through a writable map; then `files` keeps every byte of it allocated.
+    writemap: bool
+    files: StoreFiles | None
     #: The map size asked for at open (the map itself may have grown since) and the most it grows to.
     map_size: int
     max_map_size: int
@@ -172,11 +194,16 @@ _registry: dict[str, _Shared] = {}
 _Databases = tuple[lmdb._Database, lmdb._Database, lmdb._Database, lmdb._Database]
 
 
-def _check_format(env: lmdb.Environment, path: str, max_map_size: int) -> _Databases:
+def _check_format(
+    env: lmdb.Environment, path: str, max_map_size: int, writemap: bool, remap: Callable[[int], None]
+) -> _Databases:
     """Record this code's format in a new store, upgrade an older one in place, refuse a newer one.
 
-    Runs before the environment is shared, so it may resize the map: an upgrade that
-    fills it doubles it (up to `max_map_size`), and a file another process grew is adopted.
+    With `writemap` the record is `_WRITEMAP_MARK`; without, `STORE_FORMAT` (the mode
+    was chosen holding the gate: no other process has the store open with a writable map).
+    Runs before the environment is shared, so it may resize the map through `remap` (a size,
+    0 for the one the file records): an upgrade that fills it doubles it (up to
+    `max_map_size`), and a file another process grew is adopted.
     Returns the handles of the data, expiry, usage and tenants databases.
 
     Raises:
@@ -184,7 +211,7 @@ def _check_format(env: lmdb.Environment, path: str, max_map_size: int) -> _Datab
     """
     while True:
         try:
-            return _record_format(env, path)
+            return _record_format(env, path, writemap)
         except lmdb.MapResizedError:
             new_size = 0  # another process grew the file since we opened it: adopt the size it records
         except lmdb.MapFullError as exc:
@@ -195,16 +222,17 @@ def _check_format(env: lmdb.Environment, path: str, max_map_size: int) -> _Datab
         except lmdb.Error as exc:
             raise BackendUnavailable(f"cannot open the store at {path}: {exc}") from exc
         try:
-            env.set_mapsize(new_size)
+            remap(new_size)
         except lmdb.Error as exc:
             raise BackendUnavailable(f"cannot open the store at {path}: {exc}") from exc
 
 
-def _record_format(env: lmdb.Environment, path: str) -> _Databases:
+def _record_format(env: lmdb.Environment, path: str, writemap: bool) -> _Databases:
     with env.begin(write=True) as txn:
         meta = env.open_db(b"meta", txn=txn)
         raw = txn.get(_FORMAT_KEY, db=meta)
-        found = 1 if raw is None else int(raw) if bytes(raw).isdigit() else None
+        text = None if raw is None else bytes(raw)
+        found = 1 if text is None else STORE_FORMAT if text == _WRITEMAP_MARK else int(text) if text.isdigit() else None
         if found is None or found > STORE_FORMAT:
             shown = "unreadable" if found is None else str(found)
             raise BackendUnavailable(
@@ -215,8 +243,9 @@ def _record_format(env: lmdb.Environment, path: str) -> _Databases:
         env.open_db(b"tenants", txn=txn)
         if found < 3:
             _unbox_long_keys(txn, env.open_db(b"data", txn=txn))
-        if found < STORE_FORMAT:
-            txn.put(_FORMAT_KEY, str(STORE_FORMAT).encode(), db=meta)
+        record = _WRITEMAP_MARK if writemap else str(STORE_FORMAT).encode()
+        if text != record:
+            txn.put(_FORMAT_KEY, record, db=meta)
         # Opened here, once per process: the handles are valid once this transaction commits.
         return (
             env.open_db(b"data", txn=txn),
@@ -316,6 +345,221 @@ def _live_page(
     return b"".join(kept), values, lefts, more
 
 
+def _open_shared(path: str, fsync: bool, map_size: int, cap: int, writemap: bool | None) -> _Shared:
+    """Open the environment at `path` in the mode `writemap` asks (None: the safe one), for the whole process.
+
+    Raises:
+        BackendUnavailable: if it cannot be opened, or not in the mode asked (another process has
+            it open in the other, or the filesystem cannot keep a writable map backed).
+    """
+    try:
+        files: StoreFiles | None = StoreFiles(path, _FILE_MODE)
+    except OSError as exc:
+        if writemap:
+            raise BackendUnavailable(f"cannot open the store at {path} with writemap: {exc.strerror}") from exc
+        files = None  # no sidecar or no locks on it (some network filesystems): no writable map either
+    try:
+        with nullcontext() if files is None else files.gate():
+            shared = None
+            if files is not None and _choose_writemap(path, files, writemap):
+                shared = _open_env(path, fsync, map_size, cap, files, auto=writemap is None)
+            if shared is None:
+                shared = _open_plain(path, fsync, map_size, cap)
+    except BaseException:
+        if files is not None:
+            files.close()
+        raise
+    if files is not None and not shared.writemap:
+        files.close()  # the gate served its purpose; a store without a writable map needs none of its files
+    return shared
+
+
+def _open_plain(path: str, fsync: bool, map_size: int, cap: int) -> _Shared:
+    shared = _open_env(path, fsync, map_size, cap, None, auto=False)
+    assert shared is not None  # without a writable map it opens or raises
+    return shared
+
+
+def _choose_writemap(path: str, files: StoreFiles, writemap: bool | None) -> bool:
+    """Whether to open with a writable map, holding the gate: `writemap` unless that mixes modes.
+
+    Raises:
+        BackendUnavailable: if `writemap` asks for the mode other processes do not have the store open in,
+            or for a writable map on a filesystem where it may SIGBUS.
+    """
+    with_map = files.writemap_users()
+    # LMDB's own lock says whether anyone has it open; anyone not counted among writable maps has none.
+    without_map = not with_map and files.lmdb_users()
+    if writemap is False:
+        if with_map:
+            raise BackendUnavailable(
+                f"cannot open the store at {path} without writemap: another process has it open with writemap, "
+                "and LMDB forbids mixing the two; open it with writemap=None (adopt the mode) or close the other first"
+            )
+        return False
+    if without_map:
+        if writemap:
+            raise BackendUnavailable(
+                f"cannot open the store at {path} with writemap: another process has it open without, "
+                "and LMDB forbids mixing the two; open it with writemap=None (adopt the mode) or close the other first"
+            )
+        return False
+    if with_map:
+        return True
+    name, in_place = filesystem_of(path)
+    if not in_place and writemap:
+        raise BackendUnavailable(
+            f"cannot open the store at {path} with writemap: it is on {name}, where space allocated up front does "
+            "not guarantee later writes (a full disk would be SIGBUS); writemap needs ext4, xfs or tmpfs"
+        )
+    return in_place
+
+
+def _open_env(
+    path: str, fsync: bool, map_size: int, cap: int, files: StoreFiles | None, *, auto: bool
+) -> _Shared | None:
+    """Open the environment, with a writable map if `files` is given, holding the gate; None if `auto` and the
+    writable map's first allocation failed (the caller opens it without one).
+
+    Raises:
+        BackendUnavailable: if it cannot be opened or (not `auto`) its map cannot be allocated.
+    """
+    writemap = files is not None
+    first_map = map_size
+    if files is not None:
+        # At least the file's size: LMDB ftruncates it to the map, which must never cut another process's map.
+        first_map = max(min(map_size, WRITEMAP_START_MAP_BYTES), files.data_size())
+        if not files.data_exists():
+            # LMDB writes a new store's first pages with pwrite; allocating them up front would leave zeros it
+            # refuses to read. So a plain open creates the store, and the writable map opens it allocated.
+            _lmdb_open(path, fsync, MIN_MAP_SIZE_BYTES, writemap=False).close()
+        try:
+            # Before LMDB maps it: its ftruncate to the map then finds the file that long, with real blocks.
+            files.allocate_data(first_map)
+        except OSError as exc:
+            if auto:
+                files.forget()
+                return None
+            raise BackendUnavailable(
+                f"cannot open the store at {path} with writemap: the disk cannot hold its {first_map}-byte map "
+                f"({exc.strerror}); nothing was written: free space on it, or open it with writemap=False"
+            ) from exc
+    env = _lmdb_open(path, fsync, first_map, writemap=writemap)
+    try:
+        if env.max_key_size() != MAX_LMDB_KEY:
+            raise BackendUnavailable(f"this LMDB build allows {env.max_key_size()}-byte keys; wasmkv needs 511")
+        if files is not None:
+            try:
+                files.allocate_lock()
+            except OSError as exc:
+                raise BackendUnavailable(f"cannot open the store at {path} with writemap: {exc.strerror}") from exc
+
+        def remap(size: int) -> None:
+            if files is None:
+                env.set_mapsize(size)
+                return
+            try:
+                _remap_backed(env, files, size)
+            except OSError as exc:
+                raise BackendUnavailable(
+                    f"cannot open the store at {path}: the disk cannot hold its map growing past "
+                    f"{env.info()['map_size']} bytes ({exc.strerror}); nothing was written: free space on it"
+                ) from exc
+
+        databases = _check_format(env, path, cap, writemap, remap)
+        if files is not None:
+            # A wasmkv from before writemap may have opened it since we looked; the format it read then was
+            # plain, so it writes without the map: leave the store to it.
+            if files.lmdb_users() and not files.writemap_users():
+                raise BackendUnavailable(
+                    f"cannot open the store at {path} with writemap: another process opened it without meanwhile "
+                    "(a wasmkv from before writemap?); LMDB forbids mixing the two: retry, or close the other first"
+                )
+            files.join_writemap_users()
+    except BaseException:
+        env.close()
+        raise
+    return _Shared(env, fsync, writemap, files, map_size, cap, *databases)
+
+
+def _unmark_writemap(env: lmdb.Environment, files: StoreFiles) -> None:
+    """Write `STORE_FORMAT` back over `_WRITEMAP_MARK` if no other process has the store open with a writable map.
+
+    Best effort: a store left marked (a full map, a killed process) is refused only by
+    wasmkv versions from before writemap, until this version opens it again.
+    """
+    with files.gate(), suppress(lmdb.Error, OSError):
+        if files.writemap_users():
+            return
+        with env.begin(write=True) as txn:
+            meta = env.open_db(b"meta", txn=txn)
+            if txn.get(_FORMAT_KEY, db=meta) == _WRITEMAP_MARK:
+                txn.put(_FORMAT_KEY, str(STORE_FORMAT).encode(), db=meta)
+
+
+def _lmdb_open(path: str, fsync: bool, map_size: int, *, writemap: bool) -> lmdb.Environment:
+    """The environment at `path`.
+
+    Raises:
+        BackendUnavailable: if LMDB cannot open it.
+    """
+    try:
+        return lmdb.open(
+            path,
+            map_size=map_size,
+            max_dbs=8,
+            sync=fsync,
+            metasync=fsync,
+            writemap=writemap,
+            # readahead only helps scans of data that is not cached; point reads dominate.
+            readahead=False,
+            max_readers=1024,
+            mode=_FILE_MODE,
+        )
+    except lmdb.Error as exc:
+        raise BackendUnavailable(f"cannot open the store at {path}: {exc}") from exc
+
+
+def _remap_backed(env: lmdb.Environment, files: StoreFiles, size: int) -> None:
+    """Remap a writable map to `size` bytes (0: the size the file has), allocating them first; with no
+    transaction of this process open.
+
+    Holds the gate: the file's size is then the largest map of any process (maps
+    only grow it), and mapping less would cut it under theirs. On a disk too full
+    for the whole growth it grows by less (down to 1 MiB), so that a writable map
+    fills a disk about as far as a plain one.
+
+    Raises:
+        OSError: if the space cannot be allocated (the map is unchanged).
+        lmdb.Error: if the remap fails.
+    """
+    with files.gate():
+        current = max(files.data_size(), env.info()["map_size"])
+        target = max(size, current)
+        while True:
+            try:
+                files.allocate_data(target)
+                break
+            except OSError as exc:
+                step = target - current
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or step <= MIN_MAP_SIZE_BYTES:
+                    raise
+                # A failed allocation may have kept what it got (the file then says how much).
+                current = max(current, files.data_size())
+                target = current + max(step // 4, MIN_MAP_SIZE_BYTES)
+        env.set_mapsize(target)
+
+
+def _live(record: bytes | memoryview | None, now: int) -> tuple[bytes | None, int | None]:
+    """A short key's stored record as `Writer.live` reads it: its live value and expiry, or (None, None)."""
+    if record is None:
+        return None, None
+    if record[0] == NO_TTL:
+        return bytes(record[1:]), None
+    expires = int.from_bytes(record[1:9], "big")
+    return (bytes(record[9:]), expires) if expires > now else (None, None)
+
+
 class LmdbStore:
     """The local engine: an LMDB environment in a directory. Implements `kv.Store`.
 
@@ -341,7 +585,10 @@ class LmdbStore:
         clock: Clock = time.time,
         map_size: int | None = None,
         max_map_size: int | None = None,
+        writemap: bool | None = None,
     ) -> None:
+        if writemap is not None and type(writemap) is not bool:
+            raise InvalidArgument(f"writemap must be True, False or None, got {writemap!r}")
         asked = None if map_size is None else map_size_bytes("map_size", map_size)
         asked_max = None if max_map_size is None else map_size_bytes("max_map_size", max_map_size)
         self.path = os.path.realpath(path)
@@ -357,38 +604,17 @@ class LmdbStore:
             if entry is None:
                 map_size = DEFAULT_MAP_SIZE_BYTES if asked is None else asked
                 cap = max(map_size, DEFAULT_MAX_MAP_SIZE_BYTES if asked_max is None else asked_max)
-                try:
-                    env = lmdb.open(
-                        self.path,
-                        map_size=map_size,
-                        max_dbs=8,
-                        sync=fsync,
-                        metasync=fsync,
-                        # readahead only helps scans of data that is not cached; point reads dominate.
-                        readahead=False,
-                        max_readers=1024,
-                        mode=_FILE_MODE,
-                    )
-                except lmdb.Error as exc:
-                    raise BackendUnavailable(f"cannot open the store at {self.path}: {exc}") from exc
-                if env.max_key_size() != MAX_LMDB_KEY:
-                    env.close()
-                    raise BackendUnavailable(f"this LMDB build allows {env.max_key_size()}-byte keys; wasmkv needs 511")
-                try:
-                    databases = _check_format(env, self.path, cap)
-                except BaseException:
-                    env.close()
-                    raise
-                entry = _registry[self.path] = _Shared(env, fsync, map_size, cap, *databases)
+                entry = _registry[self.path] = _open_shared(self.path, fsync, map_size, cap, writemap)
             elif (
                 entry.fsync != fsync
                 or asked not in (None, entry.map_size)
                 or (asked_max is not None and max(entry.map_size, asked_max) != entry.max_map_size)
+                or writemap not in (None, entry.writemap)
             ):
                 # One environment serves the whole process, so a second open cannot change its settings.
                 raise InvalidArgument(
                     f"the store at {self.path} is already open in this process with fsync={entry.fsync}, "
-                    f"map_size={entry.map_size}, max_map_size={entry.max_map_size}; "
+                    f"map_size={entry.map_size}, max_map_size={entry.max_map_size}, writemap={entry.writemap}; "
                     "open it again with the same settings"
                 )
             entry.opened += 1
@@ -410,6 +636,11 @@ class LmdbStore:
     def max_map_size(self) -> int:
         """The most the map grows to."""
         return self._shared.max_map_size
+
+    @property
+    def writemap(self) -> bool:
+        """Whether LMDB writes through a writable map (every byte of it allocated on disk)."""
+        return self._shared.writemap
 
     # -- reads: one read transaction each, no lock ---------------------------------------------
 
@@ -763,6 +994,12 @@ class LmdbStore:
 
     def set(self, ns: Namespace, key: bytes, value: bytes, ttl_ms: int | None, quota: Quota) -> None:
         """Store a value, replacing any TTL with `ttl_ms`."""
+        if (
+            ttl_ms is None
+            and len(ns.prefix) + len(key) <= SHORT_ROOM
+            and self._transact(self._set_short(ns, key, value, quota))
+        ):
+            return
         expires = None if ttl_ms is None else deadline_ms(self._clock, ttl_ms)
 
         def apply(w: Writer) -> None:
@@ -771,6 +1008,56 @@ class LmdbStore:
             w.put(key, value, expires)
 
         self._mutate(ns, apply)
+
+    def _set_short(self, ns: Namespace, key: bytes, value: bytes, quota: Quota) -> Callable[[lmdb.Transaction], bool]:
+        """The body of the common `set` (a short key, no TTL); False, having changed nothing, if the quota is in
+        the way (then `set` takes the general path, which sweeps the tenant's expired keys and decides again)."""
+        where = ns.prefix + key
+
+        def body(txn: lmdb.Transaction) -> bool:
+            return self._put_short(txn, ns, key, where, txn.get(where), value, None, quota)
+
+        return body
+
+    def _put_short(
+        self,
+        txn: lmdb.Transaction,
+        ns: Namespace,
+        key: bytes,
+        where: bytes,
+        old: bytes | memoryview | None,
+        value: bytes,
+        expires: int | None,
+        quota: Quota,
+    ) -> bool:
+        """`Writer.plan_put`, the quota check and `Writer.put` for a short key, the record layout inlined.
+
+        `where` is the key's slot (`ns.prefix + key`) and `old` what it holds: never a long
+        key's record, whose slots hold 0xFF, which no key does. False, having changed
+        nothing, if the write would pass the quota.
+        """
+        if old is None:
+            add_keys, add_bytes = 1, len(key) + len(value)
+        else:
+            add_keys, add_bytes = 0, len(value) - stored_len(old)
+        tenant = ns.tenant.encode()
+        read = None
+        if add_keys > 0 or add_bytes > 0:
+            read = keys, size = read_usage(txn, self._usage, tenant)
+            try:
+                quota.check(Usage(keys=keys, bytes=size), add_keys, add_bytes)
+            except QuotaExceeded:
+                return False
+        txn.put(where, b"\0" + value if expires is None else b"\1" + expires.to_bytes(8, "big") + value)
+        old_expires = None if old is None or old[0] == NO_TTL else int.from_bytes(old[1:9], "big")
+        if old_expires != expires:  # the expiry index in step (an unchanged TTL keeps its entry)
+            if old_expires is not None:
+                txn.delete(expiry_key(tenant + b"\0", old_expires, ns, key), db=self._expiry)
+            if expires is not None:
+                txn.put(expiry_key(tenant + b"\0", expires, ns, key), ns.bucket.encode() + b"\0" + key, db=self._expiry)
+        if read is not None or add_bytes:
+            self._add_usage(txn, tenant, add_keys, add_bytes, read)
+        return True
 
     def set_many(self, ns: Namespace, items: Sequence[tuple[bytes, bytes]], quota: Quota) -> None:
         """Store several values at once, all or nothing; clears their TTLs."""
@@ -797,6 +1084,20 @@ class LmdbStore:
 
     def increment(self, ns: Namespace, key: bytes, delta: int, quota: Quota) -> int:
         """Add `delta` to a decimal counter (missing = 0), keeping its TTL; the new value."""
+        if len(ns.prefix) + len(key) <= SHORT_ROOM:
+            where = ns.prefix + key
+
+            def short(txn: lmdb.Transaction) -> int | None:
+                old = txn.get(where)
+                current, expires = _live(old, now_ms(self._clock))
+                total = add_counter(0 if current is None else parse_counter(current), delta)
+                value = str(total).encode()
+                if len(value) > quota.max_value_bytes:
+                    raise ValueTooLarge(f"value is {len(value)} bytes, over max_value_bytes {quota.max_value_bytes}")
+                return total if self._put_short(txn, ns, key, where, old, value, expires, quota) else None
+
+            if (counted := self._transact(short)) is not None:
+                return counted
 
         def apply(w: Writer) -> int:
             current, expires = w.live(key)
@@ -813,6 +1114,17 @@ class LmdbStore:
 
     def compare_and_swap(self, ns: Namespace, key: bytes, expected: bytes | None, new: bytes, quota: Quota) -> bool:
         """Set `new` (clearing the TTL) if the live value equals `expected` (None = absent)."""
+        if len(ns.prefix) + len(key) <= SHORT_ROOM:
+            where = ns.prefix + key
+
+            def short(txn: lmdb.Transaction) -> bool | None:
+                old = txn.get(where)
+                if _live(old, now_ms(self._clock))[0] != expected:
+                    return False
+                return True if self._put_short(txn, ns, key, where, old, new, None, quota) else None
+
+            if (swapped := self._transact(short)) is not None:
+                return swapped
 
         def apply(w: Writer) -> bool:
             current, _ = w.live(key)
@@ -850,7 +1162,12 @@ class LmdbStore:
             entry.opened -= 1
             if entry.opened == 0:
                 del _registry[self.path]
+                if entry.files is not None:
+                    with entry.write_lock:
+                        _unmark_writemap(entry.env, entry.files)
                 self._env.close()
+                if entry.files is not None:
+                    entry.files.close()  # after the environment: it releases this process's writemap lock
 
     def __enter__(self) -> LmdbStore:
         return self
@@ -1062,8 +1379,17 @@ class LmdbStore:
             BackendUnavailable: if the environment cannot be remapped.
         """
         was = self._env.info()["map_size"]
+        files = self._shared.files
         try:
-            self._env.set_mapsize(size)
+            if files is None:
+                self._env.set_mapsize(size)
+            else:
+                _remap_backed(self._env, files, size)
+        except OSError as exc:  # the map is unchanged, and nothing beyond it was written
+            raise BackendUnavailable(
+                f"the disk under the store at {self.path} cannot hold its map growing past {was} bytes "
+                f"({exc.strerror}): nothing was written; free space on it, then retry"
+            ) from exc
         except lmdb.Error as exc:
             target = f"{size} bytes" if size else "the size its file records"
             raise BackendUnavailable(
@@ -1084,19 +1410,24 @@ class LmdbStore:
                     raise
                 writer = Writer(txn, self._data, self._expiry, ns, now)
                 result = apply(writer)
-            self._add_usage(txn, writer.tenant_prefix[:-1], writer.add_keys, writer.add_bytes)
+            self._add_usage(txn, writer.tenant_prefix[:-1], writer.add_keys, writer.add_bytes, writer.usage)
             return result
 
         return self._transact(run)
 
     def _charge(self, w: Writer, quota: Quota) -> None:
-        keys, size = read_usage(w.txn, self._usage, w.tenant_prefix[:-1])
+        if w.add_keys <= 0 and w.add_bytes <= 0:
+            return  # a write that grows nothing passes any quota (the common overwrite): no usage to read
+        w.usage = keys, size = read_usage(w.txn, self._usage, w.tenant_prefix[:-1])
         quota.check(Usage(keys=keys, bytes=size), w.add_keys, w.add_bytes)
 
-    def _add_usage(self, txn: lmdb.Transaction, tenant: bytes, add_keys: int, add_bytes: int) -> None:
+    def _add_usage(
+        self, txn: lmdb.Transaction, tenant: bytes, add_keys: int, add_bytes: int, read: tuple[int, int] | None = None
+    ) -> None:
+        """Count `add_keys` and `add_bytes` into the tenant's usage (`read`: the usage this transaction read)."""
         if not add_keys and not add_bytes:
             return
-        keys, size = read_usage(txn, self._usage, tenant)
+        keys, size = read_usage(txn, self._usage, tenant) if read is None else read
         keys += add_keys
         size += add_bytes
         txn.put(tenant, keys.to_bytes(8, "big", signed=True) + size.to_bytes(8, "big", signed=True), db=self._usage)

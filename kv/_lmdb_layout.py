@@ -40,6 +40,7 @@ __all__ = [
     "SHORT_ROOM",
     "Writer",
     "encode_record",
+    "expiry_key",
     "expiry_of",
     "fast_keys",
     "fast_scan",
@@ -137,10 +138,25 @@ def lookup(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes, key: bytes)
     return record if tail == key[SHORT_ROOM - len(prefix) :] else None
 
 
-def replace(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes, key: bytes, record: bytes | None) -> bytes | None:
-    """Store `record` at `key` (None deletes it); return the record it replaced."""
+class _Unknown:
+    """The type of `_UNKNOWN`: the record a caller has not read."""
+
+
+_UNKNOWN: Final = _Unknown()
+
+
+def replace(
+    txn: lmdb.Transaction,
+    db: lmdb._Database,
+    prefix: bytes,
+    key: bytes,
+    record: bytes | None,
+    old: bytes | memoryview | _Unknown | None = _UNKNOWN,
+) -> bytes | None:
+    """Store `record` at `key` (None deletes it); return the record it replaced (`old`, if the caller read it)."""
     where = lmdb_key(prefix, key)
-    old = lookup(txn, db, prefix, key)
+    if isinstance(old, _Unknown):
+        old = lookup(txn, db, prefix, key)
     old_copy = None if old is None else bytes(old)
     if record is not None:
         if len(prefix) + len(key) > SHORT_ROOM:  # a long key: keep its tail with the record
@@ -426,9 +442,25 @@ def stored_len(record: bytes | memoryview) -> int:
 
 
 class Writer:
-    """One write transaction's view: reads records, stages changes, keeps the usage deltas."""
+    """One write transaction's view: reads records, stages changes, keeps the usage deltas.
 
-    __slots__ = ("add_bytes", "add_keys", "data", "expiry", "now", "ns", "tenant_prefix", "txn")
+    It remembers the record it read last (the usual write reads its key, checks the
+    quota, then writes it), so a write reads each record once.
+    """
+
+    __slots__ = (
+        "_read_key",
+        "_read_record",
+        "add_bytes",
+        "add_keys",
+        "data",
+        "expiry",
+        "now",
+        "ns",
+        "tenant_prefix",
+        "txn",
+        "usage",
+    )
 
     def __init__(self, txn: lmdb.Transaction, data: lmdb._Database, expiry: lmdb._Database, ns: Namespace, now: int):
         self.txn = txn
@@ -439,10 +471,23 @@ class Writer:
         self.tenant_prefix = ns.tenant.encode() + b"\0"
         self.add_keys = 0
         self.add_bytes = 0
+        #: The tenant's stored (keys, bytes), once read for the quota check.
+        self.usage: tuple[int, int] | None = None
+        self._read_key: bytes | None = None
+        self._read_record: bytes | memoryview | None = None
+
+    def _record(self, key: bytes) -> bytes | memoryview | None:
+        """The stored record of `key` (live or expired), read once per write."""
+        if key == self._read_key:
+            return self._read_record
+        record = lookup(self.txn, self.data, self.ns.prefix, key)
+        self._read_key = key
+        self._read_record = record
+        return record
 
     def live(self, key: bytes) -> tuple[bytes | None, int | None]:
         """The live value and its expiry (None, None when missing or expired)."""
-        record = lookup(self.txn, self.data, self.ns.prefix, key)
+        record = self._record(key)
         if record is None:
             return None, None
         expires = expiry_of(record)
@@ -452,7 +497,7 @@ class Writer:
 
     def plan_put(self, key: bytes, value: bytes) -> None:
         """Account for storing `value` at `key` (whatever is stored there now, live or expired)."""
-        record = lookup(self.txn, self.data, self.ns.prefix, key)
+        record = self._record(key)
         if record is None:
             self.add_keys += 1
             self.add_bytes += len(key) + len(value)
@@ -461,12 +506,14 @@ class Writer:
 
     def put(self, key: bytes, value: bytes, expires_ms: int | None) -> None:
         """Store a record, keeping the expiry index in step; call after `plan_put` and the quota check."""
-        old = replace(self.txn, self.data, self.ns.prefix, key, encode_record(value, expires_ms))
+        old = replace(self.txn, self.data, self.ns.prefix, key, encode_record(value, expires_ms), self._record(key))
+        self._read_key = None
         self._reindex(key, old, expires_ms)
 
     def remove(self, key: bytes) -> bool:
         """Delete a record if stored; True if it was live. Updates the usage deltas itself."""
-        old = replace(self.txn, self.data, self.ns.prefix, key, None)
+        old = replace(self.txn, self.data, self.ns.prefix, key, None, self._record(key))
+        self._read_key = None
         if old is None:
             return False
         self._reindex(key, old, None)

@@ -162,6 +162,7 @@ class KvStore:
         *,
         fsync: bool = False,
         map_size: int | None = None,
+        writemap: bool | None = None,
         clock: Clock = time.time,
         sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S,
     ) -> KvStore:
@@ -177,12 +178,24 @@ class KvStore:
         in any other that has the store open, up to 1 TiB or `map_size` if larger;
         past that the write fails with `BackendUnavailable` and writes nothing.
 
+        `writemap=True` has LMDB write through a writable map (writes about 1.5x
+        faster): every byte of the map is then allocated on disk before LMDB
+        writes there, so a full disk stays an error and is never SIGBUS; the map
+        starts at 8 MiB (or `map_size` if smaller) and doubles from there. It
+        needs ext4, xfs or tmpfs (on a copy-on-write filesystem allocating up
+        front guarantees nothing). Processes with and without it may not share
+        a store. None (the default) uses it where the filesystem allows and no
+        other process has the store open without it.
+
         Raises:
-            BackendUnavailable: if the directory cannot be opened as a store.
+            BackendUnavailable: if the directory cannot be opened as a store, or not with the
+                `writemap` asked for (another process has it open in the other mode, or the
+                filesystem is not one of those).
             InvalidArgument: if `map_size` is not an integer of at least 1 MiB, or the store
-                is already open in this process with another `fsync` or `map_size`.
+                is already open in this process with another `fsync`, `map_size` or `writemap`.
         """
-        return cls._opened("lmdb", os.fspath(path), {"fsync": fsync, "map_size": map_size}, clock, sweep_interval_s)
+        options = {"fsync": fsync, "map_size": map_size, "writemap": writemap}
+        return cls._opened("lmdb", os.fspath(path), options, clock, sweep_interval_s)
 
     @classmethod
     def memory(
@@ -608,7 +621,15 @@ class Bucket:
         Raises:
             InvalidKey, ValueTooLarge, QuotaExceeded, RateLimited: as named; nothing is written.
         """
-        self._engine.set(*self._set_args(self.tenant.quota, key, value))
+        # The hot path, `_set_args` inlined: validate the value, then the key, then spend one rate token.
+        tenant = self.tenant
+        quota = tenant.quota
+        if type(value) is not bytes or len(value) > quota.max_value_bytes:
+            value = check_value(value, quota.max_value_bytes)
+        raw = encode_key(key, quota.max_key_bytes)
+        if tenant._limiter is not None:
+            tenant._limiter.acquire()
+        self._engine.set(self._ns, raw, value, None, quota)
 
     def set_with_ttl(self, key: Key, value: bytes, ttl_ms: int) -> None:
         """Store `value` at `key`, to expire `ttl_ms` milliseconds from now.
