@@ -178,3 +178,13 @@ def test_a_batch_still_refuses_keys_that_are_not_exactly_str_or_bytes(store: kv.
     with pytest.raises(kv.InvalidKey):
         bucket.get_many([b"a", b"b\x7f"])
     assert bucket.get_many(["a", "é\u0085"]) == [None, None]  # C1 controls are printable enough for a key
+
+
+def test_a_key_repeated_in_get_many_is_read_once(store: kv.KvStore) -> None:
+    # 1000 names of one 1 MiB value must cost one value's memory, not 1 GiB of copies.
+    bucket = store.tenant("t", kv.Quota(max_bytes=8 << 20)).bucket()
+    bucket.set("big", b"x" * (1 << 20))
+    values = bucket.get_many(["big"] * 999 + ["missing"])
+    assert values[-1] is None
+    assert len({id(value) for value in values[:-1]}) == 1
+    assert values[0] == b"x" * (1 << 20)
