@@ -6,7 +6,13 @@ Prints the median per-op time of get, set, increment, compare_and_swap and a
 100-key list_keys page out of `--keys` keys on the durable store, next to a
 plain `dict` lookup and raw `sqlite3` commits, as ratios; and the raw engines
 (LMDB, SQLite) the store was chosen between. Medians are over batches, so the
-timer's own cost is spread thin.
+timer's own cost is spread thin. The ratio column is against sqlite3 in WAL mode
+with synchronous=NORMAL, the peer a Python user would pick; the first targets
+were set against its default (fsync) journal, which the target line keeps.
+
+This is the quick check of the absolute targets, on 1,000 hot keys for the point
+operations; `bench/compare.py` is the fair comparison (random keys over the whole
+key set, every contender interleaved, the raw engines with the store's own flags).
 """
 
 from __future__ import annotations
@@ -73,8 +79,9 @@ def main() -> None:
     table = {i: VALUE for i in range(1000)}
     rows.append(("dict lookup (baseline)", median_us(lambda i: table.get(i % 1000))))
     sqlite_default = sqlite_commit_us(scratch / "default.db", "DELETE", "FULL")
-    rows.append(("raw sqlite3 commit, default journal (baseline)", sqlite_default))
-    rows.append(("raw sqlite3 commit, WAL + synchronous=NORMAL", sqlite_commit_us(scratch / "wal.db", "WAL", "NORMAL")))
+    rows.append(("raw sqlite3 commit, default journal", sqlite_default))
+    sqlite_wal = sqlite_commit_us(scratch / "wal.db", "WAL", "NORMAL")
+    rows.append(("raw sqlite3 commit, WAL + synchronous=NORMAL (baseline)", sqlite_wal))
 
     env = lmdb.open(str(scratch / "raw.lmdb"), map_size=2**32, sync=False, metasync=False)
 
@@ -150,14 +157,15 @@ def main() -> None:
         f"Python {platform.python_version()}"
     )
     print(f"filled {args.keys:,} keys in {fill_s:.1f} s\n")
-    print("| operation | median µs/op | ratio to dict | ratio to raw sqlite3 commit |")
+    print("| operation | median µs/op | ratio to dict | ratio to sqlite3 WAL commit |")
     print("|---|---:|---:|---:|")
     for name, us in rows:
-        print(f"| {name} | {us:.3f} | {us / dict_us:.1f} | {us / sqlite_default:.4f} |")
+        print(f"| {name} | {us:.3f} | {us / dict_us:.1f} | {us / sqlite_wal:.3f} |")
     print()
     print(
-        f"targets: get ≤ 1 µs → {get_us:.3f} µs; durable set ≤ 1/3 of the raw sqlite3 commit "
-        f"→ {set_us / sqlite_default:.4f}; list page ≤ 1000 µs → {list_us:.1f} µs"
+        f"targets: get ≤ 1 µs → {get_us:.3f} µs; durable set ≤ 1/3 of a default-journal sqlite3 commit "
+        f"→ {set_us / sqlite_default:.4f} (against WAL: {set_us / sqlite_wal:.2f}); "
+        f"list page ≤ 1000 µs → {list_us:.1f} µs"
     )
     sys.stdout.flush()
     shutil.rmtree(scratch, ignore_errors=True)

@@ -461,10 +461,12 @@ def local_section(n: int, rounds: int, scratch: Path, seed: int) -> tuple[Sectio
 
     rows = [
         Row("store get", "raw LMDB get (fresh read txn)", 1.3),
-        Row("store set", "raw LMDB put+commit", 1.5),
+        # The target's yardstick is a put+commit with the same safety (PLAIN_PUT below): a raw writable map
+        # has no space allocated under it (a full disk is SIGBUS), so against it the ratios are information.
+        Row("store set", "raw LMDB put+commit", None),
         Row("store set", "sqlite3 WAL NORMAL, INSERT OR REPLACE + commit", 1.0),
-        Row("store increment", "raw LMDB put+commit", 1.5),
-        Row("store compare_and_swap", "raw LMDB put+commit", 1.5),
+        Row("store increment", "raw LMDB put+commit", None),
+        Row("store compare_and_swap", "raw LMDB put+commit", None),
         Row("store set", PLAIN_PUT, 1.5),
         Row("store increment", PLAIN_PUT, 1.5),
         Row("store compare_and_swap", PLAIN_PUT, 1.5),
