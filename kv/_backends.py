@@ -144,7 +144,7 @@ _LOCAL_OPTIONS: Final[Mapping[str, Option]] = {
     ),
     "writemap": Option(
         bool,
-        "write through a writable LMDB map, its space allocated up front (faster writes; ext4, xfs or tmpfs only); "
+        "write through a writable LMDB map, its space allocated up front (faster writes; ext4 or tmpfs only); "
         "default: where the filesystem allows it and no other process has the store open without",
     ),
 }

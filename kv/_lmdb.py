@@ -410,7 +410,7 @@ def _choose_writemap(path: str, files: StoreFiles, writemap: bool | None) -> boo
     if not in_place and writemap:
         raise BackendUnavailable(
             f"cannot open the store at {path} with writemap: it is on {name}, where space allocated up front does "
-            "not guarantee later writes (a full disk would be SIGBUS); writemap needs ext4, xfs or tmpfs"
+            "not guarantee later writes (a full disk would be SIGBUS); writemap needs ext4 or tmpfs"
         )
     return in_place
 
@@ -429,9 +429,10 @@ def _open_env(
     if files is not None:
         # At least the file's size: LMDB ftruncates it to the map, which must never cut another process's map.
         first_map = max(min(map_size, WRITEMAP_START_MAP_BYTES), files.data_size())
-        if not files.data_exists():
+        if files.data_size() == 0:
             # LMDB writes a new store's first pages with pwrite; allocating them up front would leave zeros it
             # refuses to read. So a plain open creates the store, and the writable map opens it allocated.
+            # An empty file counts as none (LMDB initializes it): a creation cut short by kill -9 leaves one.
             _lmdb_open(path, fsync, MIN_MAP_SIZE_BYTES, writemap=False).close()
         try:
             # Before LMDB maps it: its ftruncate to the map then finds the file that long, with real blocks.

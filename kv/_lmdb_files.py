@@ -9,9 +9,11 @@ and kills the process (py-lmdb issue 161). So in writemap mode:
   into it: at open and before each map growth. An allocation that fails is one
   clear `BackendUnavailable` and nothing is written.
 - The filesystem. Allocation guarantees later stores only where overwriting an
-  allocated block needs no new one: ext4 and xfs (which keep a reserve for
+  allocated block never needs a new one: ext4 (which keeps a reserve for
   converting preallocated extents) and tmpfs. Copy-on-write filesystems (btrfs,
-  zfs, bcachefs), overlayfs (whose upper layer is unknown here), network and FUSE
+  zfs, bcachefs), xfs (a store copied with `cp` shares its blocks by reflink, and
+  each first write into a shared block needs a new one, which fallocate does not
+  reserve), overlayfs (whose upper layer is unknown here), network and FUSE
   filesystems get no writemap.
 - The file never shrinks. LMDB's ftruncate runs at every open and remap, to that
   process's map size, also when the file is larger: a second process mapping less
@@ -44,10 +46,11 @@ from typing import Final
 __all__ = ["StoreFiles", "allocate", "filesystem_of"]
 
 #: statfs(2) f_type of the filesystems where an allocated block is rewritten in place.
-_IN_PLACE: Final[dict[int, str]] = {0xEF53: "ext4", 0x58465342: "xfs", 0x01021994: "tmpfs"}
+_IN_PLACE: Final[dict[int, str]] = {0xEF53: "ext4", 0x01021994: "tmpfs"}
 #: Others worth naming in a message.
 _NAMED: Final[dict[int, str]] = {
     0x9123683E: "btrfs",
+    0x58465342: "xfs",
     0x2FC12FC1: "zfs",
     0xCA451A4E: "bcachefs",
     0x794C7630: "overlayfs",
@@ -165,7 +168,8 @@ class StoreFiles:
         if self._lock is not None:
             return _held_by_others(self._lock, 0, ofd=False)
         try:
-            fd = os.open(os.path.join(self.directory, "lock.mdb"), os.O_RDONLY | os.O_CLOEXEC)
+            # Non-blocking: opening a FIFO planted as lock.mdb for reading would wait for a writer forever.
+            fd = os.open(os.path.join(self.directory, "lock.mdb"), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             return False
         try:
@@ -185,10 +189,6 @@ class StoreFiles:
             return os.stat(os.path.join(self.directory, "data.mdb")).st_size
         except FileNotFoundError:
             return 0
-
-    def data_exists(self) -> bool:
-        """Whether LMDB has created the data file."""
-        return self._data is not None or os.path.exists(os.path.join(self.directory, "data.mdb"))
 
     def allocate_data(self, size: int) -> None:
         """Allocate the data file's first `size` bytes (it must exist), growing it to `size` if shorter.

@@ -29,7 +29,7 @@ import redis
 import redis.exceptions
 
 from . import _redis_scripts as lua
-from ._errors import BackendUnavailable
+from ._errors import BackendUnavailable, KvError
 from ._protocol import ScanItem
 from ._redis_client import DRIVER_ERRORS, RETRYABLE_ERRORS, SyncClient, Target, translate
 from ._redis_core import Call, RedisCore, drive
@@ -39,6 +39,9 @@ __all__ = ["RedisSyncStore"]
 
 #: What a node answers for a slot it does not serve (now): the cluster client knows where to go.
 _REDIRECTIONS: Final = (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.TryAgainError)
+
+#: What the driver raises on a reply of a shape it does not expect, outside its own errors.
+_UNREADABLE: Final = (AttributeError, TypeError, IndexError, KeyError)
 
 #: Keys a SCAN asks for per round trip, and an UNLINK removes at once.
 SCAN_COUNT: Final = 1000
@@ -74,6 +77,9 @@ class RedisSyncStore(RedisCore):
         self._lock = threading.Lock()
         self._ready = False
         self._closed = False
+        # How many attempts to build the client and check the format failed, and why the last one did.
+        self._failures = 0
+        self._failure = ""
         # Whether a cluster's calls go straight to their slot's node (see `_bounded`).
         self._direct = True
         # What a socket may wait (the client's timeouts): a resend is made only while this much time is left.
@@ -124,25 +130,41 @@ class RedisSyncStore(RedisCore):
                     if isinstance(exc, RETRYABLE_ERRORS):
                         self._direct = False
                 if not isinstance(exc, DRIVER_ERRORS):
-                    raise
+                    if isinstance(exc, KvError) or not isinstance(exc, _UNREADABLE):
+                        raise
+                    # redis-py takes any reply to its HELLO for a map: a server that is not Redis (or a hostile
+                    # one) fails the handshake with an AttributeError, which must be one line, not a trap.
+                    raise BackendUnavailable(
+                        f"{self.where} answered in a way the Redis client cannot read ({type(exc).__name__}: {exc})"
+                    ) from exc
                 if not isinstance(exc, RETRYABLE_ERRORS) or deadline - time.monotonic() < pause + self._socket_wait_s:
                     raise translate(self.where, self.timeout_s, exc) from exc
             time.sleep(pause)
             pause = min(pause * 2, _RETRY_PAUSE_MAX_S)
 
     def _initialize(self) -> None:
-        # One thread builds the client and checks the format; the others wait for it rather than race it.
+        # One thread builds the client and checks the format; the others wait for it rather than race it,
+        # and share the outcome of the attempt they waited for: each making one of its own in turn, the
+        # n-th thread to call a server that stopped answering waited n bounds.
+        failures = self._failures
         with self._lock:
             if self._ready:
                 return
             if self._closed:
                 raise BackendUnavailable("the store is closed")
-            if self.client is None:
-                client = self._bounded((None, lambda _: self.target.open_sync()))
-                self.scripts = lua.register(client, self.op_record_ttl_ms)
-                self.client = client
-            # An upgrade is not bound by one operation's timeout (each of its commands is).
-            drive(self._check_format(), self._bounded)
+            if self._failures != failures:  # an attempt failed while this thread waited for it
+                raise BackendUnavailable(self._failure)
+            try:
+                if self.client is None:
+                    client = self._bounded((None, lambda _: self.target.open_sync()))
+                    self.scripts = lua.register(client, self.op_record_ttl_ms)
+                    self.client = client
+                # An upgrade is not bound by one operation's timeout (each of its commands is).
+                drive(self._check_format(), self._bounded)
+            except BackendUnavailable as exc:
+                self._failure = str(exc)
+                self._failures += 1
+                raise
             self._ready = True
 
     def _keys_matching(self, pattern: bytes) -> Call:

@@ -452,7 +452,13 @@ def decode_cursor(cursor: object, key_range: KeyRange, max_key_bytes: int) -> by
         raise InvalidArgument(f"cursor is not one a listing returned: {cursor[:64]!r}") from None
     if count == 3 and fields[0] == _CURSOR_V1:
         issued = KeyRange(fields[1]) if type(fields[1]) is bytes else None
-    elif count == 6 and fields[0] == _CURSOR_VERSION and type(fields[4]) is bool:
+    elif (
+        count == 6
+        and fields[0] == _CURSOR_VERSION
+        and type(fields[1]) is bytes
+        and all(field is None or type(field) is bytes for field in fields[2:4])
+        and type(fields[4]) is bool
+    ):
         issued = KeyRange(fields[1], fields[2], fields[3], fields[4])
     else:
         issued = None

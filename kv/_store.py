@@ -182,7 +182,7 @@ class KvStore:
         faster): every byte of the map is then allocated on disk before LMDB
         writes there, so a full disk stays an error and is never SIGBUS; the map
         starts at 8 MiB (or `map_size` if smaller) and doubles from there. It
-        needs ext4, xfs or tmpfs (on a copy-on-write filesystem allocating up
+        needs ext4 or tmpfs (on a copy-on-write filesystem allocating up
         front guarantees nothing). Processes with and without it may not share
         a store. None (the default) uses it where the filesystem allows and no
         other process has the store open without it.

@@ -1,0 +1,192 @@
+"""Attacks on the read fast paths (commit e169c85): hostile keys through the batch check and the point read,
+forged cursors, repeated keys, keys the page decoders split and join, against the slow per-key check."""
+
+from __future__ import annotations
+
+import base64
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from wasmkv import kv
+
+
+class _Str(str):
+    __slots__ = ()
+
+
+class _Bytes(bytes):
+    __slots__ = ()
+
+
+@pytest.fixture(params=["lmdb", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[kv.KvStore]:
+    if request.param == "lmdb":
+        opened = kv.KvStore.open(tmp_path / "s", sweep_interval_s=None)
+    else:
+        opened = kv.KvStore.memory(sweep_interval_s=None)
+    with opened:
+        yield opened
+
+
+HOSTILE: list[object] = [
+    "",
+    b"",
+    "a\0b",
+    b"a\0b",
+    "a\nb",
+    b"a\nb",
+    "\n",
+    "a\x7f",
+    b"a\x7f",
+    "a\x1fb",
+    "\ud800",
+    "a\udcff",
+    b"\xff",
+    b"\xc3",
+    b"\xed\xa0\x80",  # a surrogate in UTF-8
+    b"\xc0\x80",  # an overlong NUL
+    "x" * 513,
+    b"x" * 513,
+    "é" * 257,  # 514 bytes in UTF-8, 257 characters
+    "€" * 171,  # 513 bytes
+    _Str("a"),
+    _Bytes(b"a"),
+    bytearray(b"a"),
+    memoryview(b"a"),
+    1,
+    None,
+]
+
+FINE: list[object] = [
+    "a",
+    b"a",
+    "é",
+    "é".encode(),
+    "\x85",  # a C1 control: not among the characters keys may not hold
+    "\u2028",
+    "x" * 512,
+    b"x" * 512,
+    "é" * 256,  # 512 bytes
+    "€" * 170 + "ab",
+    "k\x20",
+    "~",
+]
+
+
+def _refused(call: object) -> type[BaseException] | None:
+    try:
+        call()  # type: ignore[operator]
+    except kv.KvError as exc:
+        return type(exc)
+    return None
+
+
+@pytest.mark.parametrize("key", HOSTILE + FINE, ids=repr)
+def test_a_batch_accepts_a_key_exactly_when_a_point_read_does(store: kv.KvStore, key: object) -> None:
+    bucket = store.tenant("t").bucket()
+    alone = _refused(lambda: bucket.get(key))  # type: ignore[arg-type]
+    assert (alone is None) == any(key is fine for fine in FINE)
+    for batch in ([key], ["ok", key], [key, "ok"], [b"ok", key], ["ok", "ok", key, "ok"], [key, key]):
+        assert _refused(lambda batch=batch: bucket.get_many(batch)) == alone, batch
+        assert _refused(lambda batch=batch: bucket.delete_many(batch)) == alone, batch
+
+
+def test_a_batch_mixing_str_and_bytes_of_one_key_reads_it_each_time(store: kv.KvStore) -> None:
+    bucket = store.tenant("t").bucket()
+    bucket.set("é", b"1")
+    bucket.set("a", b"2")
+    keys: list[object] = ["é", "é".encode(), "a", b"a", "é", "missing", b"missing", "a"]
+    assert bucket.get_many(keys) == [b"1", b"1", b"2", b"2", b"1", None, None, b"2"]  # type: ignore[arg-type]
+
+
+def test_get_many_with_repeats_long_keys_and_expired_keys_matches_point_reads(tmp_path: Path) -> None:
+    clock = [1_700_000_000.0]
+    with kv.KvStore.open(tmp_path / "s", clock=lambda: clock[0], sweep_interval_s=None) as store:
+        bucket = store.tenant("t").bucket()
+        rng = random.Random(7)
+        names = ["a", "é", "€" * 170, "L" * 511, "L" * 510 + "M", "L" * 495, "L" * 494, "z"]
+        for name in names:
+            if rng.random() < 0.5:
+                bucket.set_with_ttl(name, name.encode()[:9], rng.choice([1, 10_000]))
+            else:
+                bucket.set(name, name.encode()[:9])
+        clock[0] += 0.005  # the 1 ms TTLs expire, unswept
+        for _ in range(50):
+            keys = [rng.choice([*names, "missing"]) for _ in range(rng.randrange(1, 12))]
+            assert bucket.get_many(keys) == [bucket.get(key) for key in keys], keys
+
+
+def test_listings_decode_every_key_as_it_was_written(store: kv.KvStore) -> None:
+    bucket = store.tenant("t").bucket("b")
+    other = store.tenant("t").bucket("b2")
+    names = ["a", "é", "\x85", "\u2028", "€" * 170, "L" * 512, "L" * 510 + "é", "~", "z\u00ff", "\U0001f600"]
+    for name in names:
+        bucket.set(name, name.encode()[:20])
+        other.set(name + "!" if len(name.encode()) < 512 else name, b"other")
+    expected = sorted(names, key=str.encode)
+    for reverse in (False, True):
+        listed: list[str] = []
+        scanned: list[tuple[str, bytes]] = []
+        cursor = None
+        while True:
+            page = bucket.list_keys(limit=3, reverse=reverse, cursor=cursor)
+            listed += page.keys
+            if (cursor := page.cursor) is None:
+                break
+        while True:
+            scan_page = bucket.scan(limit=3, reverse=reverse, cursor=cursor)
+            scanned += scan_page.items
+            if (cursor := scan_page.cursor) is None:
+                break
+        assert listed == (expected[::-1] if reverse else expected)
+        assert scanned == [(name, name.encode()[:20]) for name in listed]
+
+
+def _cursor(fields: list[object]) -> str:
+    return base64.urlsafe_b64encode(msgpack.packb(fields)).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    "last_key",
+    [b"", b"\x00", b"a\x00", b"\x00b2\x00z", b"\xff", b"a" * 600, b"\xff" * 500, b"z\x01", b"a\x7f"],
+    ids=repr,
+)
+def test_a_forged_cursor_never_reads_past_its_bucket(store: kv.KvStore, last_key: bytes) -> None:
+    tenant = store.tenant("t")
+    bucket = tenant.bucket("b")
+    for name in ("a", "b", "z"):
+        bucket.set(name, b"mine")
+        tenant.bucket("b2").set(name, b"theirs")
+        tenant.bucket("a").set(name, b"theirs")
+        store.tenant("t2").bucket("b").set(name, b"theirs")
+        store.tenant("t0").bucket("b").set(name, b"theirs")
+    for reverse in (False, True):
+        cursor = _cursor([2, b"", None, None, reverse, last_key])
+        for read in ("list_keys", "scan"):
+            try:
+                if read == "list_keys":
+                    keys = bucket.list_keys(cursor=cursor, reverse=reverse).keys
+                else:
+                    keys = [key for key, _ in bucket.scan(cursor=cursor, reverse=reverse).items]
+            except kv.InvalidArgument as exc:
+                assert "\n" not in str(exc)
+            else:
+                assert set(keys) <= {"a", "b", "z"}
+                assert all(value == b"mine" for _, value in bucket.scan(cursor=cursor, reverse=reverse).items)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [[2, 5, None, None, False, b"a"], [2, b"", 7, None, False, b"a"], [2, "x", None, None, False, b"a"]],
+    ids=repr,
+)
+def test_a_cursor_whose_fields_have_the_wrong_types_is_one_clear_invalid_argument(
+    store: kv.KvStore, fields: list[object]
+) -> None:
+    bucket = store.tenant("t").bucket()
+    with pytest.raises(kv.InvalidArgument):
+        bucket.list_keys(cursor=_cursor(fields))

@@ -1,0 +1,264 @@
+"""Attacks on the blocking Redis engine's bound (commit afbe33f): servers that stop answering, answer slowly or
+drop connections, hit by many threads at once. The README promises `BackendUnavailable` "within timeout_s,
+never hang"; the engine's docstring allows a call up to 1.5 x timeout_s. These tests hold it to that, with
+slack for a loaded machine, against fake servers on loopback whose timing the test controls."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from wasmkv import kv
+from wasmkv.kv._redis_core import STORE_FORMAT
+from wasmkv.kv._redis_sync import RedisSyncStore
+
+ACME = kv.Namespace("acme", "default")
+TIMEOUT_S = 0.4
+#: Scheduling delay a loaded machine may add to a call (not a hang: a hang is many timeouts).
+SLACK_S = 0.5
+
+
+def _read_command(stream: socket.SocketIO) -> list[bytes] | None:
+    """One RESP command (an array of bulk strings) from the client; None when it hangs up."""
+    line = stream.readline()
+    if not line:
+        return None
+    assert line.startswith(b"*"), line
+    parts = []
+    for _ in range(int(line[1:])):
+        size = int(stream.readline()[1:])
+        parts.append(stream.read(size + 2)[:-2])
+    return parts
+
+
+class FakeRedis:
+    """A loopback server answering each command through `answer(command, connection number)`: the reply's
+    bytes, or None to stay silent from then on; each command counted, each connection numbered."""
+
+    def __init__(self, answer: Callable[[list[bytes], int], bytes | None]) -> None:
+        self.answer = answer
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.commands: list[list[bytes]] = []
+        self._open: list[socket.socket] = []
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._open.append(conn)
+            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        with conn, conn.makefile("rb") as stream:
+            try:
+                while (command := _read_command(stream)) is not None:
+                    self.commands.append(command)
+                    reply = self.answer(command, number)
+                    if reply is None:
+                        while stream.read(1):  # silent: read on until the client hangs up
+                            pass
+                        return
+                    conn.sendall(reply)
+            except (OSError, ValueError):
+                return
+
+    def close(self) -> None:
+        self._stop = True
+        self.listener.close()
+        for conn in self._open:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def fake() -> Iterator[Callable[[Callable[[list[bytes], int], bytes | None]], FakeRedis]]:
+    servers: list[FakeRedis] = []
+
+    def start(answer: Callable[[list[bytes], int], bytes | None]) -> FakeRedis:
+        servers.append(FakeRedis(answer))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _handshake(command: list[bytes]) -> bytes | None:
+    """What a fresh connection's handshake (HELLO 3, CLIENT SETINFO ...) gets: a RESP3 server's answers."""
+    if command[0].upper() == b"HELLO":
+        return b"%1\r\n$5\r\nproto\r\n:3\r\n"
+    return b"+OK\r\n" if command[0].upper() in (b"CLIENT", b"SELECT", b"AUTH") else None
+
+
+def _timed(call: Callable[[], object]) -> tuple[float, BaseException | None]:
+    started = time.monotonic()
+    try:
+        call()
+    except BaseException as exc:  # the test looks at what it was
+        return time.monotonic() - started, exc
+    return time.monotonic() - started, None
+
+
+def test_a_server_that_accepts_and_never_answers_fails_a_first_call_within_the_bound(fake) -> None:  # type: ignore[no-untyped-def]
+    server = fake(lambda command, _: _handshake(command))
+    with RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S) as store:
+        for _ in range(2):
+            elapsed, exc = _timed(lambda: store.get(ACME, b"k"))
+            assert isinstance(exc, kv.BackendUnavailable), exc
+            assert "\n" not in str(exc) and "127.0.0.1" in str(exc)
+            assert elapsed < 1.5 * TIMEOUT_S + SLACK_S
+
+
+def test_many_threads_first_calling_a_silent_server_each_fail_within_the_bound(fake) -> None:  # type: ignore[no-untyped-def]
+    # The first call of each thread builds the client and checks the store format under one lock; a
+    # thread that waited for another's failed attempt used to make its own, so the n-th waited n bounds.
+    server = fake(lambda command, _: _handshake(command))
+    threads = 6
+    timings: list[tuple[float, BaseException | None]] = []
+    barrier = threading.Barrier(threads)
+
+    def work() -> None:
+        barrier.wait()
+        timings.append(_timed(lambda: store.get(ACME, b"k")))
+
+    with RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S) as store:
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+    assert len(timings) == threads
+    assert all(isinstance(exc, kv.BackendUnavailable) for _, exc in timings), timings
+    assert max(elapsed for elapsed, _ in timings) < 1.5 * TIMEOUT_S + SLACK_S, sorted(e for e, _ in timings)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed: the first call's store-format check (and a first-format upgrade) is bound per command, "
+    "not by the call's timeout_s; sharing one deadline would keep a large upgrade from ever completing",
+)
+def test_a_first_call_whose_format_check_is_slow_then_meets_silence_fails_within_the_bound(fake) -> None:  # type: ignore[no-untyped-def]
+    # A first call on a store without a format record: GET format, SCAN for index keys, a ZCARD each,
+    # SET format, then the call's own command; each answered within the socket's wait (timeout_s / 2),
+    # together several bounds.
+    wait = 0.45 * TIMEOUT_S
+    index_keys = [f"wkv:{{t{i}}}:i:b".encode() for i in range(5)]
+    scan_reply = b"*2\r\n$1\r\n0\r\n*%d\r\n" % len(index_keys) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(key), key) for key in index_keys
+    )
+
+    def answer(command: list[bytes], _: int) -> bytes | None:
+        name = command[0].upper()
+        if (handshake := _handshake(command)) is not None:
+            return handshake
+        replies = {b"SCAN": scan_reply, b"ZCARD": b":0\r\n", b"SET": b"+OK\r\n"}
+        if name == b"GET" and command[1].endswith(b":format"):
+            replies[b"GET"] = b"_\r\n"
+        if name not in replies:
+            return None  # the call's own command: silence
+        time.sleep(wait)
+        return replies[name]
+
+    server = fake(answer)
+    with RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S) as store:
+        elapsed, exc = _timed(lambda: store.get(ACME, b"k"))
+    assert isinstance(exc, kv.BackendUnavailable), exc
+    assert elapsed < 1.5 * TIMEOUT_S + SLACK_S, elapsed
+
+
+def test_a_server_that_drops_every_connection_is_one_clear_line_within_the_bound(fake) -> None:  # type: ignore[no-untyped-def]
+    def answer(command: list[bytes], _: int) -> bytes | None:
+        return _handshake(command) or b""  # then hang up: the serving loop sees no command
+
+    server = fake(
+        lambda command, number: b"-ERR closing\r\n" if command[0].upper() == b"GET" else answer(command, number)
+    )
+    with RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S) as store:
+        elapsed, exc = _timed(lambda: store.get(ACME, b"k"))
+    assert isinstance(exc, kv.BackendUnavailable), exc
+    assert "\n" not in str(exc)
+    assert elapsed < 1.5 * TIMEOUT_S + SLACK_S
+
+
+def test_close_while_threads_wait_on_a_silent_server_ends_them_within_the_bound(fake) -> None:  # type: ignore[no-untyped-def]
+    server = fake(lambda command, _: _handshake(command))
+    store = RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S)
+    outcomes: list[BaseException | None] = []
+
+    def work() -> None:
+        outcomes.append(_timed(lambda: store.get(ACME, b"k"))[1])
+
+    workers = [threading.Thread(target=work) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    time.sleep(TIMEOUT_S / 4)
+    store.close()
+    for worker in workers:
+        worker.join(1.5 * TIMEOUT_S + SLACK_S)
+    assert not any(worker.is_alive() for worker in workers)
+    assert all(isinstance(exc, kv.BackendUnavailable) and "\n" not in str(exc) for exc in outcomes), outcomes
+
+
+@pytest.mark.parametrize("hello", [b"+OK\r\n", b":5\r\n", b"*1\r\n:1\r\n", b"_\r\n", b"%1\r\n+proto\r\n+x\r\n"])
+def test_a_server_that_is_not_redis_answering_the_handshake_is_one_clear_line_never_a_trap(fake, hello: bytes) -> None:  # type: ignore[no-untyped-def]
+    # redis-py 8 reads any HELLO reply as a map: a server that is not Redis failed the call with a raw
+    # AttributeError, which the host treats as its own bug (a trap), not as a backend that is unavailable.
+    server = fake(lambda command, _: hello if command[0].upper() == b"HELLO" else None)
+    with RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S) as store:
+        for call in (lambda: store.get(ACME, b"k"), lambda: store.set(ACME, b"k", b"v", None, kv.Quota())):
+            elapsed, exc = _timed(call)
+            assert isinstance(exc, kv.BackendUnavailable), repr(exc)
+            assert "\n" not in str(exc) and "127.0.0.1" in str(exc)
+            assert elapsed < 1.5 * TIMEOUT_S + SLACK_S
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed: redis-py's cluster client tries its startup nodes one after another, each for up to "
+    "timeout_s / 2 (the author's nodes x timeout_s / 2); the fix belongs in kv/_redis_client.py",
+)
+def test_a_cluster_whose_startup_nodes_all_stay_silent_fails_a_call_within_the_bound(fake) -> None:  # type: ignore[no-untyped-def]
+    servers = [fake(lambda command, _: _handshake(command)) for _ in range(8)]
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{server.port}" for server in servers)
+    with RedisSyncStore.from_url(url, timeout_s=TIMEOUT_S) as store:
+        elapsed, exc = _timed(lambda: store.get(ACME, b"k"))
+    assert isinstance(exc, kv.BackendUnavailable), exc
+    assert "\n" not in str(exc)
+    assert elapsed < 1.5 * TIMEOUT_S + SLACK_S, elapsed
+
+
+def test_a_connection_dropped_late_then_a_silent_reconnection_fails_within_one_and_a_half_bounds(fake) -> None:  # type: ignore[no-untyped-def]
+    # The worst case the engine's docstring names: the first try fails just inside a socket's wait, the
+    # resend reconnects and meets silence.
+    def answer(command: list[bytes], connection: int) -> bytes | None:
+        if (handshake := _handshake(command)) is not None:
+            return handshake
+        if command[0].upper() == b"GET" and command[1].endswith(b":format"):
+            return b"+%d\r\n" % STORE_FORMAT
+        if connection == 1:
+            time.sleep(0.3 * TIMEOUT_S)  # late, with room left for a resend
+            raise OSError("hang up")  # ends the serving thread, closing the connection
+        return None
+
+    server = fake(answer)
+    with RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S) as store:
+        elapsed, exc = _timed(lambda: store.get(ACME, b"k"))
+    assert isinstance(exc, kv.BackendUnavailable), exc
+    assert server.connections >= 2  # it was resent
+    assert elapsed < 1.5 * TIMEOUT_S + SLACK_S, elapsed
