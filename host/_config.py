@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from .. import kv
-from ..kv._lmdb import map_size_problem
+from ..kv._lmdb_env import map_size_problem
 from ._config_keys import keys_of
 from ._errors import ConfigError
 from ._limits import Limits

@@ -12,7 +12,7 @@ import dataclasses
 from typing import Final
 
 from .. import kv
-from ..kv._lmdb import DEFAULT_MAP_SIZE_BYTES, DEFAULT_MAX_MAP_SIZE_BYTES, MIN_MAP_SIZE_BYTES
+from ..kv._lmdb_env import DEFAULT_MAP_SIZE_BYTES, DEFAULT_MAX_MAP_SIZE_BYTES, MIN_MAP_SIZE_BYTES
 
 __all__ = ["ConfigKey", "config_reference", "keys_of", "reference_table"]
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from wasmkv import host, kv
-from wasmkv.kv._lmdb import DEFAULT_MAP_SIZE_BYTES, DEFAULT_MAX_MAP_SIZE_BYTES, LmdbStore
+from wasmkv.kv._lmdb import LmdbStore
+from wasmkv.kv._lmdb_env import DEFAULT_MAP_SIZE_BYTES, DEFAULT_MAX_MAP_SIZE_BYTES
 
 NS_INSIDE = kv.Namespace("acme", "default")
 

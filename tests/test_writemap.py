@@ -14,8 +14,9 @@ import lmdb
 import pytest
 
 from wasmkv import kv
-from wasmkv.kv import _lmdb
-from wasmkv.kv._lmdb import WRITEMAP_START_MAP_BYTES, LmdbStore
+from wasmkv.kv import _lmdb_env
+from wasmkv.kv._lmdb import LmdbStore
+from wasmkv.kv._lmdb_env import WRITEMAP_START_MAP_BYTES
 from wasmkv.kv._lmdb_files import filesystem_of
 
 MIB = 1 << 20
@@ -423,7 +424,7 @@ def test_two_processes_grow_one_writable_map_while_threads_read(tmp_path: Path) 
 def test_writemap_is_refused_on_a_filesystem_where_allocating_guarantees_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_lmdb, "filesystem_of", lambda path: ("btrfs", False))
+    monkeypatch.setattr(_lmdb_env, "filesystem_of", lambda path: ("btrfs", False))
     with pytest.raises(kv.BackendUnavailable) as raised:
         kv.KvStore.open(tmp_path / "s", writemap=True)
     assert str(raised.value) == (
