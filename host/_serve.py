@@ -88,6 +88,9 @@ HEAD_TIMEOUT_S: Final = 10.0
 MAX_AUTHORIZATION_BYTES: Final = 4096
 #: How long /readyz waits for the store to answer.
 READY_TIMEOUT_S: Final = 5.0
+#: How often a call that found its plugin replaced (so it never ran) tries what serves now: reloads in
+#: quick succession can replace a plugin again between the lookup and the call, more than once.
+_REPLACED_ATTEMPTS: Final = 8
 #: Retry-After (seconds) of a 429 or 503: a tenant's rate limit refills in one second.
 RETRY_AFTER_S: Final = 1
 #: How much of a name from a request goes into a message or a log line.
@@ -510,7 +513,7 @@ class ServeApp:
         return _error(503, "busy", "this worker holds too many request bodies; retry later", _RETRY, *headers)
 
     async def _run(self, entry: _Entry, name: str, export: str, body: bytes, token: ServeToken) -> _Answer:
-        for attempt in range(2):
+        for attempt in range(_REPLACED_ATTEMPTS):
             plugin = entry.plugin
             try:
                 async with entry.gate:
@@ -519,7 +522,7 @@ class ServeApp:
             except PluginClosed:
                 # A reload with new settings replaced the plugin (or removed it) after it was looked
                 # up: the call never ran, so it is safe to make it once more on what serves now.
-                if attempt or self.draining:
+                if attempt == _REPLACED_ATTEMPTS - 1 or self.draining:
                     return _error(503, "unavailable", f"plugin {name} is being replaced; retry", _RETRY)
                 try:
                     plugin = self.host.plugin(name)
