@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
-from typing import Final, cast
+from typing import Final, TypeVar, cast
 
 import lmdb
 import msgpack
 
 from ._rules import KeyRange, Namespace
+
+T = TypeVar("T")
 
 __all__ = [
     "MAX_LMDB_KEY",
@@ -260,6 +262,25 @@ def _first_key(pair: tuple[bytes, bytes]) -> bytes:
     return pair[0]
 
 
+def _the_key(key: bytes) -> bytes:
+    return key
+
+
+def _cut(found: list[T], floor: bytes, stop: bytes, reverse: bool, key: Callable[[T], bytes]) -> list[T]:
+    """`found`, read in the range's order from LMDB's iterator, without what lies past the range's far
+    bound (`floor` going back, `stop` going forward): a bisection, no Python code per entry."""
+    if not found:
+        return found
+    if reverse:
+        if key(found[-1]) < floor:
+            found.reverse()
+            del found[: bisect_left(found, floor, key=key)]
+            found.reverse()
+    elif key(found[-1]) >= stop:
+        del found[bisect_left(found, stop, key=key) :]
+    return found
+
+
 def page_keys(
     cursor: lmdb.Cursor[bytes], prefix: bytes, key_range: KeyRange, after: bytes | None, count: int
 ) -> list[bytes] | None:
@@ -276,18 +297,8 @@ def page_keys(
     floor, stop = bounds
     if not stop:
         return []
-    keys: list[bytes]
-    if key_range.reverse:
-        keys = list(islice(cursor.iterprev(True, False), count))
-        if keys and keys[-1] < floor:
-            keys.reverse()
-            del keys[: bisect_left(keys, floor)]
-            keys.reverse()
-    else:
-        keys = list(islice(cursor.iternext(True, False), count))
-        if keys and keys[-1] >= stop:
-            del keys[bisect_left(keys, stop) :]
-    return keys
+    walk = cursor.iterprev(True, False) if key_range.reverse else cursor.iternext(True, False)
+    return _cut(list(islice(walk, count)), floor, stop, key_range.reverse, _the_key)
 
 
 def holds_long_key(joined: bytes) -> bool:
@@ -306,18 +317,8 @@ def page_pairs(
     floor, stop = bounds
     if not stop:
         return []
-    pairs: list[tuple[bytes, bytes]]
-    if key_range.reverse:
-        pairs = list(islice(cursor.iterprev(), count))
-        if pairs and pairs[-1][0] < floor:
-            pairs.reverse()
-            del pairs[: bisect_left(pairs, floor, key=_first_key)]
-            pairs.reverse()
-    else:
-        pairs = list(islice(cursor.iternext(), count))
-        if pairs and pairs[-1][0] >= stop:
-            del pairs[bisect_left(pairs, stop, key=_first_key) :]
-    return pairs
+    walk = cursor.iterprev() if key_range.reverse else cursor.iternext()
+    return _cut(list(islice(walk, count)), floor, stop, key_range.reverse, _first_key)
 
 
 def fast_keys(
