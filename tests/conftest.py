@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +18,35 @@ import pytest
 from wasmkv import host, kv
 
 StoreFactory = Callable[..., kv.KvStore]
+
+
+def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `code` (dedented) in a fresh interpreter with `args`; its outcome, output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_and_kill(writer: str, path: Path, start: int, acks_wanted: int) -> int:
+    """Start `writer` (code printing each acknowledged round's number) on `path` from round `start`, kill -9
+    it after `acks_wanted` acknowledged rounds; the last acknowledged round."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(writer), str(path), str(start)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    last = start - 1
+    for line in child.stdout:
+        last = int(line)
+        if last - start + 1 >= acks_wanted:
+            break
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    return last
 
 
 class FakeClock:

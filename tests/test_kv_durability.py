@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -11,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_and_kill
 
 from wasmkv import kv
 
@@ -33,26 +32,11 @@ WRITER = textwrap.dedent(
 )
 
 
-def _run_and_kill(path: Path, start: int, acks_wanted: int) -> int:
-    """Start a writer, kill -9 it after `acks_wanted` acknowledged rounds; the last acknowledged round."""
-    child = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(start)], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None
-    last = start - 1
-    for line in child.stdout:
-        last = int(line)
-        if last - start + 1 >= acks_wanted:
-            break
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    child.stdout.close()
-    return last
-
-
 def test_every_acknowledged_write_survives_kill_9(tmp_path: Path) -> None:
     state = tmp_path / "state"
     start = 0
     for acks_wanted in (1500, 700, 2500):
-        last = _run_and_kill(state, start, acks_wanted)
+        last = run_and_kill(WRITER, state, start, acks_wanted)
         with kv.KvStore.open(state) as store:
             bucket = store.tenant("crash").bucket()
             acked = list(range(0, last + 1))

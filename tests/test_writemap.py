@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import lmdb
 import pytest
+from conftest import run_and_kill, run_python
 
 from wasmkv import kv
 from wasmkv.kv import _lmdb_env
@@ -46,16 +46,6 @@ def _format_of_open(store: kv.KvStore) -> bytes | None:
     env = _engine(store)._env
     with env.begin() as txn:
         return txn.get(b"format", db=env.open_db(b"meta", txn=txn))
-
-
-def _run(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_tmp_is_on_a_filesystem_that_keeps_a_writable_map_backed(tmp_path: Path) -> None:
@@ -128,26 +118,11 @@ WRITER = """
 """
 
 
-def _run_and_kill(path: Path, start: int, acks_wanted: int) -> int:
-    code = textwrap.dedent(WRITER)
-    child = subprocess.Popen([sys.executable, "-c", code, str(path), str(start)], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None
-    last = start - 1
-    for line in child.stdout:
-        last = int(line)
-        if last - start + 1 >= acks_wanted:
-            break
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    child.stdout.close()
-    return last
-
-
 def test_every_acknowledged_write_through_a_writable_map_survives_kill_9(tmp_path: Path) -> None:
     state = tmp_path / "state"
     start = 0
     for acks_wanted in (1500, 700, 2500):
-        last = _run_and_kill(state, start, acks_wanted)
+        last = run_and_kill(WRITER, state, start, acks_wanted)
         assert _format(state) == b"3w"  # killed: nobody wrote the plain format back
         with kv.KvStore.open(state, writemap=True, sweep_interval_s=None) as store:
             bucket = store.tenant("crash").bucket()
@@ -201,7 +176,7 @@ FULL = """
 
 
 def test_a_map_that_cannot_be_allocated_is_one_clear_error_never_sigbus(tmp_path: Path) -> None:
-    done = _run(FULL, str(tmp_path / "state"))
+    done = run_python(FULL, str(tmp_path / "state"))
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])  # -7 would be SIGBUS, -25 SIGXFSZ
     message, counts, ok = done.stdout.splitlines()
     assert ok == "ok"
@@ -228,7 +203,7 @@ def test_a_first_map_that_cannot_be_allocated_is_refused_at_open_or_opened_witho
             store.tenant("t").bucket().set("k", b"v")
             print(store.engine.writemap)
     """
-    done = _run(code, str(tmp_path / "state"))
+    done = run_python(code, str(tmp_path / "state"))
     assert done.returncode == 0, done.stderr[-2000:]
     refused, mode = done.stdout.splitlines()
     assert refused == (
@@ -277,11 +252,11 @@ def test_a_second_process_adopts_the_mode_of_the_first_or_is_refused_in_one_line
     assert holder.stdin is not None and holder.stdout is not None
     try:
         assert holder.stdout.readline().strip() == str(held_writemap)
-        adopted = _run(OPENER, str(state), "auto")
+        adopted = run_python(OPENER, str(state), "auto")
         assert adopted.stdout.strip() == f"opened {held_writemap}", adopted.stderr[-2000:]
-        same = _run(OPENER, str(state), held)
+        same = run_python(OPENER, str(state), held)
         assert same.stdout.strip() == f"opened {held_writemap}", same.stderr[-2000:]
-        other = _run(OPENER, str(state), "off" if held_writemap else "on")
+        other = run_python(OPENER, str(state), "off" if held_writemap else "on")
         lines = other.stdout.splitlines()
         assert len(lines) == 1, other.stderr[-2000:]
         if held_writemap:
@@ -298,7 +273,7 @@ def test_a_second_process_adopts_the_mode_of_the_first_or_is_refused_in_one_line
         holder.communicate("go\n", timeout=30)
     assert holder.returncode == 0
     # Nobody has it open any more: the next opener picks its own mode.
-    flipped = _run(OPENER, str(state), "off" if held_writemap else "on")
+    flipped = run_python(OPENER, str(state), "off" if held_writemap else "on")
     assert flipped.stdout.strip() == f"opened {not held_writemap}", flipped.stderr[-2000:]
 
 
@@ -324,11 +299,11 @@ def test_a_process_of_a_wasmkv_from_before_writemap_keeps_writable_maps_off(tmp_
     assert old.stdin is not None and old.stdout is not None
     try:
         assert old.stdout.readline().strip() == "open"
-        assert "another process has it open without" in _run(OPENER, str(state), "on").stdout
-        assert _run(OPENER, str(state), "auto").stdout.strip() == "opened False"
+        assert "another process has it open without" in run_python(OPENER, str(state), "on").stdout
+        assert run_python(OPENER, str(state), "auto").stdout.strip() == "opened False"
     finally:
         old.communicate("go\n", timeout=30)
-    assert _run(OPENER, str(state), "auto").stdout.strip() == "opened True"
+    assert run_python(OPENER, str(state), "auto").stdout.strip() == "opened True"
 
 
 def test_while_a_writable_map_is_open_a_wasmkv_from_before_writemap_refuses_the_store(tmp_path: Path) -> None:
@@ -364,7 +339,7 @@ def test_a_process_opening_with_a_smaller_map_never_cuts_the_file_under_a_larger
         assert grown >= 16 * MIB
         for start in range(0, 3000, 1000):  # the pages are free now, to be reused anywhere
             bucket.delete_many([f"p{i:05d}" for i in range(start, start + 1000)])
-        other = _run(GROWER, str(state), "0", "10")  # maps "1 MiB": really the whole file
+        other = run_python(GROWER, str(state), "0", "10")  # maps "1 MiB": really the whole file
         assert other.returncode == 0, other.stderr[-2000:]
         assert int(other.stdout) >= grown
         assert os.stat(state / "data.mdb").st_size >= grown

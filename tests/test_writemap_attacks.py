@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import run_python
 
 from wasmkv import kv
 from wasmkv.kv._lmdb import LmdbStore
@@ -28,16 +29,6 @@ _LAST_PG = 16 + 4 + 4 + 8 + 8 + 2 * 48
 def _engine(store: kv.KvStore) -> LmdbStore:
     assert isinstance(store.engine, LmdbStore)
     return store.engine
-
-
-def _run(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 class _Clock:
@@ -81,7 +72,7 @@ def test_a_fifo_planted_as_the_lock_file_is_one_clear_error_never_a_hang(tmp_pat
         except kv.BackendUnavailable as exc:
             print(exc)
     """
-    done = _run(code, str(state), timeout=60)
+    done = run_python(code, str(state), timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith(f"cannot open the store at {state}")
     assert done.stdout.count("\n") == 1
@@ -135,7 +126,7 @@ def test_opening_and_closing_in_every_mode_and_every_refusal_leaks_no_descriptor
             cycle()
         print(count() - before)
     """
-    done = _run(code, str(tmp_path / "state"))
+    done = run_python(code, str(tmp_path / "state"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "0"
 
@@ -176,7 +167,7 @@ def test_a_refused_open_beside_another_process_leaks_no_descriptor_and_is_one_li
             with kv.KvStore.open(sys.argv[1], sweep_interval_s=None) as store:  # adopts the holder's mode
                 print(store.engine.writemap)
         """
-        done = _run(code, str(tmp_path / "state"))
+        done = run_python(code, str(tmp_path / "state"))
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.split() == ["0", "1", "False", "False"]
     finally:
