@@ -183,6 +183,10 @@ class DirectReads(Protocol):
     def reader(self, ns: Namespace) -> Callable[[bytes], bytes | None]:
         """`Store.get` bound to the namespace `ns`: called with just the key."""
 
+    def get_many_stored(self, ns: Namespace, stored: list[bytes], longest: int) -> list[bytes | None]:
+        """As `Store.get_many`, the keys given as stored (`ns.prefix` + key; valid, none repeated), the
+        longest `longest` bytes."""
+
     def list_keys_text(
         self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int
     ) -> tuple[list[str], bool]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
+from ..abi import BATCH_MAX_ITEMS
 from ._async_engines import LoopEngines, ThreadedStore
 from ._backends import BACKENDS, backend_for, check_options
 from ._errors import BackendUnavailable, InvalidArgument
@@ -75,36 +76,48 @@ _PRINTABLE_ASCII: Final = bytes(range(0x20, 0x7F))
 _PRINTABLE_UTF8_OR_NEWLINE: Final = _PRINTABLE_ASCII + b"\n" + bytes(range(0x80, 0x100))
 
 
-def _batch_fast_path(keys: list[Key], max_key_bytes: int) -> list[bytes] | None:
-    """Validate a batch of keys (all str, or all ASCII bytes) and return them as UTF-8, in a few passes in C.
+_JUST_STR: Final = {str}
+_JUST_BYTES: Final = {bytes}
+#: As `_PRINTABLE_UTF8_OR_NEWLINE`, for bytes keys (which take the fast path only when ASCII).
+_PRINTABLE_ASCII_OR_NEWLINE: Final = _PRINTABLE_ASCII + b"\n"
+
+
+def _batch_fast_path(keys: list[Key], prefix: bytes, max_key_bytes: int) -> tuple[list[bytes], int] | None:
+    """Validate a batch of keys (all str, or all ASCII bytes) in a few passes in C: each key's `prefix` +
+    UTF-8, and the length of the longest of those.
 
     None if any key needs the full per-key check (which also rejects keys of any other type).
     """
-    if not keys:
-        return None
-    kinds = set(map(type, keys))
-    raw: list[bytes]
-    if kinds == {str}:
+    kinds = set(map(type, keys))  # exactly str or bytes, as `encode_key` takes (it refuses a subclass)
+    if kinds == _JUST_STR:
         try:
             joined = "\n".join(keys).encode()  # type: ignore[arg-type]
         except UnicodeEncodeError:  # a lone surrogate
             return None
-        raw = joined.split(b"\n")
-        # A key holding a newline splits in two; one holding another control character leaves it behind.
-        if len(raw) != len(keys) or joined.translate(None, _PRINTABLE_UTF8_OR_NEWLINE):
+        allowed = _PRINTABLE_UTF8_OR_NEWLINE
+    elif kinds == _JUST_BYTES:
+        joined = b"\n".join(keys)  # type: ignore[arg-type]
+        if not joined.isascii():  # UTF-8 to be checked: the full check does it
             return None
-    elif kinds == {bytes}:
-        joined = b"".join(keys)  # type: ignore[arg-type]
-        # bytes keys are their own encoding: ASCII without control characters needs no copy.
-        if not joined.isascii() or joined.translate(None, _PRINTABLE_ASCII):
-            return None
-        raw = keys  # type: ignore[assignment]
+        allowed = _PRINTABLE_ASCII_OR_NEWLINE
     else:
         return None
-    lengths = list(map(len, raw))
-    if min(lengths) < 1 or max(lengths) > max_key_bytes:
+    # A control character other than newline is left behind; an empty key leaves two newlines together,
+    # or one at an end.
+    if (
+        not joined
+        or joined.translate(None, allowed)
+        or b"\n\n" in joined
+        or joined[:1] == b"\n"
+        or joined[-1:] == b"\n"
+    ):
         return None
-    return raw
+    stored = (prefix + joined.replace(b"\n", b"\n" + prefix) if prefix else joined).split(b"\n")
+    longest = max(map(len, stored))
+    # A key holding a newline splits in two.
+    if len(stored) != len(keys) or longest > max_key_bytes + len(prefix):
+        return None
+    return stored, longest
 
 
 def _decoded(keys: list[bytes]) -> list[str]:
@@ -496,9 +509,8 @@ class Bucket:
             raise InvalidArgument("keys must be a collection of keys, not a single key")
         keys = list(keys)
         check_batch_size(len(keys))
-        raw = _batch_fast_path(keys, quota.max_key_bytes)
-        if raw is None:
-            raw = [encode_key(key, quota.max_key_bytes) for key in keys]
+        found = _batch_fast_path(keys, b"", quota.max_key_bytes) if keys else None
+        raw = [encode_key(key, quota.max_key_bytes) for key in keys] if found is None else found[0]
         limiter = self.tenant._limiter
         if limiter is not None:
             limiter.acquire(max(1, len(raw)))
@@ -788,6 +800,20 @@ class Bucket:
             InvalidKey, RateLimited: as named.
             InvalidArgument: if more than 1000 keys are given.
         """
+        direct = self._direct
+        if direct is not None and type(keys) is list and 0 < len(keys) <= BATCH_MAX_ITEMS:
+            # The hot path: the keys validated and made the engine's in a few passes in C.
+            quota = self.tenant.quota
+            found = _batch_fast_path(keys, self._ns.prefix, quota.max_key_bytes)
+            if found is not None:
+                stored, longest = found
+                limiter = self.tenant._limiter
+                if limiter is not None:
+                    limiter.acquire(len(stored))
+                if len(set(stored)) == len(stored):
+                    return direct.get_many_stored(self._ns, stored, longest)
+                unique = list(dict.fromkeys(stored))  # a repeated key is read once: see below
+                return self._in_order(stored, unique, direct.get_many_stored(self._ns, unique, longest))
         raw = self._keys(self.tenant.quota, keys)
         # Never read a repeated key again: 1000 names of one 1 MiB value would be 1 GiB of copies, where
         # reading it once keeps the reply's real cost (and a plugin's get_many) at one value's size.
