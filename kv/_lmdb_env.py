@@ -37,7 +37,7 @@ from typing import Final
 import lmdb
 
 from ._errors import BackendUnavailable, InvalidArgument
-from ._lmdb_files import StoreFiles, filesystem_of
+from ._lmdb_files import StoreFiles, back_lock_file, filesystem_of, lock_file_bytes
 from ._lmdb_layout import BOX_V2, MAX_LMDB_KEY, SHORT_ROOM, replace, unbox_v2
 
 __all__ = [
@@ -301,6 +301,13 @@ def _open_env(
         BackendUnavailable: if it cannot be opened or (not `auto`) its map cannot be allocated.
     """
     writemap = files is not None
+    try:
+        back_lock_file(path, lock_file_bytes(_MAX_READERS), _FILE_MODE)
+    except OSError as exc:
+        raise BackendUnavailable(
+            f"cannot open the store at {path}: the disk cannot hold its {lock_file_bytes(_MAX_READERS)}-byte "
+            f"reader table ({exc.strerror}): free space on it, then open it again"
+        ) from exc
     first_map = map_size
     if files is not None:
         # At least the file's size: LMDB ftruncates it to the map, which must never cut another process's map.
@@ -374,6 +381,10 @@ def unmark_writemap(env: lmdb.Environment, files: StoreFiles) -> None:
                 txn.put(_FORMAT_KEY, str(STORE_FORMAT).encode(), db=meta)
 
 
+#: Reader slots in the lock file: one per read transaction open at once, across every process.
+_MAX_READERS: Final = 1024
+
+
 def _lmdb_open(path: str, fsync: bool, map_size: int, *, writemap: bool) -> lmdb.Environment:
     """The environment at `path`.
 
@@ -390,7 +401,7 @@ def _lmdb_open(path: str, fsync: bool, map_size: int, *, writemap: bool) -> lmdb
             writemap=writemap,
             # readahead only helps scans of data that is not cached; point reads dominate.
             readahead=False,
-            max_readers=1024,
+            max_readers=_MAX_READERS,
             mode=_FILE_MODE,
         )
     except lmdb.Error as exc:

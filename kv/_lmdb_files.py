@@ -38,12 +38,13 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import stat
 import struct
 import sys
 from collections.abc import Iterator
 from typing import Final
 
-__all__ = ["StoreFiles", "allocate", "filesystem_of"]
+__all__ = ["StoreFiles", "allocate", "back_lock_file", "filesystem_of", "lock_file_bytes"]
 
 #: statfs(2) f_type of the filesystems where an allocated block is rewritten in place.
 _IN_PLACE: Final[dict[int, str]] = {0xEF53: "ext4", 0x01021994: "tmpfs"}
@@ -105,6 +106,44 @@ def allocate(fd: int, size: int) -> None:
         code = ctypes.get_errno()
         if code != errno.EINTR:
             raise OSError(code, os.strerror(code))
+
+
+def lock_file_bytes(max_readers: int) -> int:
+    """The size LMDB gives its lock file for `max_readers` readers: its 192-byte header (MDB_txninfo,
+    holding the first reader) and 64 bytes for each other reader (MDB_reader, a cache line)."""
+    return 192 + 64 * (max_readers - 1)
+
+
+def back_lock_file(directory: str, size: int, mode: int) -> None:
+    """Give LMDB's lock file (created if missing) real blocks for its first `size` bytes; call it before
+    this process opens the environment.
+
+    Every LMDB process writes its reader slots in that file through a shared map, in either mode. LMDB
+    only ftruncates it, so the file is sparse: a new reader slot on a page never written before,
+    stored on a full disk, is SIGBUS (reproduced: 1000 read transactions on a full tmpfs). With the
+    blocks allocated it never is. Opened and closed here before LMDB takes its locks on the file:
+    closing a descriptor of it afterwards would drop them. LMDB keeps a longer file as it is (it
+    then counts more reader slots).
+
+    Raises:
+        OSError: ENOSPC, EDQUOT, EFBIG...: the disk cannot hold the file. A filesystem that cannot
+            allocate, or a lock file LMDB will refuse anyway (not a regular file), is left to LMDB.
+    """
+    try:
+        # Non-blocking: opening a FIFO planted as lock.mdb would otherwise wait for a peer forever.
+        fd = os.open(os.path.join(directory, "lock.mdb"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError:
+        return  # LMDB's own open says what is wrong
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        try:
+            allocate(fd, max(size, os.fstat(fd).st_size))
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+    finally:
+        os.close(fd)
 
 
 def _flock(kind: int, byte: int) -> bytes:

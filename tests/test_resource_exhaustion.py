@@ -6,6 +6,7 @@ store keep working afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -13,9 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import run_python
 
 from wasmkv import host, kv
 from wasmkv.kv._lmdb import LmdbStore
+from wasmkv.kv._lmdb_files import lock_file_bytes
 
 RECURSE = """(module (memory (export "memory") 1)
   (func $down (param i32) (result i32) (call $down (i32.add (local.get 0) (i32.const 1))))
@@ -56,16 +59,23 @@ def test_a_full_lmdb_map_is_backend_unavailable_and_recovers_after_deletes(tmp_p
         assert bucket.get("after") == b"fits again"
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs, so the disk fills long before anything else."""
+@contextlib.contextmanager
+def _small_disk(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size`, so the disk fills long before anything else."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs: too small for a writable map's first 8 MiB, so stores on it open without one."""
+    with _small_disk(tmp_path, "4m") as mount:
+        yield mount
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="mounting a small filesystem needs root (CI runs as root)")
@@ -97,3 +107,71 @@ def test_many_long_keys_sharing_a_head_cost_one_lookup_each(tmp_path: Path) -> N
         assert bucket.delete_many(keys[:50]) == 50
         assert bucket.list_keys(head[:10], limit=1000).keys == sorted(keys[50:], key=str.encode)
         assert time.monotonic() - started < 2.0
+
+
+READERS_ON_A_FULL_DISK = """
+    import os, sys
+    from wasmkv import kv
+    disk, writemap = sys.argv[1], sys.argv[2] == "True"
+    store = kv.KvStore.open(os.path.join(disk, "state"), writemap=writemap, sweep_interval_s=None)
+    store.tenant("t").bucket().set("k", b"v")
+    filler = os.open(os.path.join(disk, "filler"), os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(filler, bytes(4096))
+    except OSError:
+        pass  # the disk is full
+    # Read transactions open at once, each in its own reader slot: slots past the first page of the lock
+    # file are written for the first time now. (The store's own reads hold one each, on many threads.)
+    env = store.engine._env
+    held = [env.begin() for _ in range(1000)]
+    print(store.engine.writemap, len(held), store.tenant("t").bucket().get("k"))
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="mounting a small filesystem needs root (CI runs as root)")
+@pytest.mark.parametrize("writemap", [False, True])
+def test_reader_slots_taken_on_a_full_disk_are_never_sigbus(tmp_path: Path, writemap: bool) -> None:
+    # The lock file was sparse without a writable map: the 63rd reader at once on a full disk killed the
+    # process with SIGBUS (exit -7).
+    with _small_disk(tmp_path, "16m") as disk:
+        done = run_python(READERS_ON_A_FULL_DISK, str(disk), str(writemap))
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split() == [str(writemap), "1000", "b'v'"]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="mounting a small filesystem needs root (CI runs as root)")
+def test_a_new_store_on_a_full_disk_is_one_clear_line(tiny_disk: Path) -> None:
+    filler = tiny_disk / "filler"
+    with filler.open("wb") as out, pytest.raises(OSError):
+        while True:
+            out.write(bytes(65536))
+            out.flush()
+    # In a child: before the lock file was allocated up front, LMDB wrote its header into a hole (SIGBUS).
+    done = run_python(
+        """
+        import sys
+        from wasmkv import kv
+        try:
+            kv.KvStore.open(sys.argv[1], sweep_interval_s=None)
+        except kv.BackendUnavailable as exc:
+            print(exc)
+        """,
+        str(tiny_disk / "state"),
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    message = done.stdout.strip()
+    assert "\n" not in message
+    assert message.startswith(f"cannot open the store at {tiny_disk / 'state'}: the disk cannot hold its ")
+    assert "reader table (No space left on device): free space on it, then open it again" in message
+
+
+def test_the_lock_file_is_allocated_whole_in_either_mode(tmp_path: Path) -> None:
+    for writemap in (False, None):
+        path = tmp_path / f"writemap-{writemap}"
+        with kv.KvStore.open(path, writemap=writemap, sweep_interval_s=None) as store:
+            store.tenant("t").bucket().set("k", b"v")
+            lock = os.stat(path / "lock.mdb")
+            # LMDB kept the size allocated for it: the reader table's size is computed as LMDB does.
+            assert lock.st_size == lock_file_bytes(1024), (writemap, lock.st_size)
+            assert lock.st_blocks * 512 >= lock.st_size, (writemap, lock.st_blocks)
