@@ -91,8 +91,13 @@ def filesystem_of(path: str) -> tuple[str, bool]:
     return _NAMED.get(magic, f"filesystem type {magic:#x}"), False
 
 
-def allocate(fd: int, size: int) -> None:
-    """Give the file behind `fd` real blocks for its first `size` bytes (growing it to `size` if shorter).
+#: fallocate's mode: reserve the blocks, leave the file's size as it is.
+_KEEP_SIZE: Final = 0x01
+
+
+def allocate(fd: int, size: int, *, keep_size: bool = False) -> None:
+    """Give the file behind `fd` real blocks for its first `size` bytes (growing it to `size` if shorter,
+    unless `keep_size`: then blocks past its end wait for it to grow over them).
 
     The kernel's fallocate, never glibc's emulation (which writes a byte per block,
     racing the processes that write into the map).
@@ -102,7 +107,7 @@ def allocate(fd: int, size: int) -> None:
     """
     if _fallocate is None:
         raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
-    while _fallocate(fd, 0, 0, size) != 0:
+    while _fallocate(fd, _KEEP_SIZE if keep_size else 0, 0, size) != 0:
         code = ctypes.get_errno()
         if code != errno.EINTR:
             raise OSError(code, os.strerror(code))
@@ -122,8 +127,13 @@ def back_lock_file(directory: str, size: int, mode: int) -> None:
     only ftruncates it, so the file is sparse: a new reader slot on a page never written before,
     stored on a full disk, is SIGBUS (reproduced: 1000 read transactions on a full tmpfs). With the
     blocks allocated it never is. Opened and closed here before LMDB takes its locks on the file:
-    closing a descriptor of it afterwards would drop them. LMDB keeps a longer file as it is (it
-    then counts more reader slots).
+    closing a descriptor of it afterwards would drop them.
+
+    The file's size stays as it is: LMDB's first opener ftruncates it to its reader table, over the
+    blocks reserved here; a later one counts its slots from the size it finds. Growing the file here
+    would tell a later opener of more slots than an LMDB program already in has mapped, and that
+    program would read past its map (SIGSEGV). A longer file (another program's larger table) keeps
+    its slots past `size` unreserved: allocating all of a sparse file of any size is not ours to do.
 
     Raises:
         OSError: ENOSPC, EDQUOT, EFBIG...: the disk cannot hold the file. A filesystem that cannot
@@ -138,7 +148,7 @@ def back_lock_file(directory: str, size: int, mode: int) -> None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return
         try:
-            allocate(fd, max(size, os.fstat(fd).st_size))
+            allocate(fd, size, keep_size=True)
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
