@@ -1,6 +1,6 @@
 """wasmkv against its right peers, interleaved in one run: one command, one markdown report.
 
-    .venv/bin/python bench/compare.py [--keys 1000,100000,1000000] [--skip-cluster | --only-cluster] [--rounds 41]
+    .venv/bin/python bench/compare.py [--keys 1000,200000,1000000] [--skip-cluster | --only-cluster] [--rounds 41]
 
 For each key count, a fresh durable store (`KvStore.open`) is filled with that many random
 16-hex-character keys holding 64-byte values, and every peer is filled with the *same* keys.
@@ -46,6 +46,10 @@ Method and fairness choices:
   plugin moves the key in and the value out through the Extism kernel as a PDK would (alloc,
   store_u64, load_u64, free: wasm calls into the kernel). The dict peers do less backend work than
   an LMDB read.
+- Python floors: for get, the list page and get_many, the least Python that answers as the store
+  does (str key to prefixed bytes, flag byte off, keys decoded and unprefixed) with none of its
+  checks, in one function per call: the raw peer's code plus that. Each floor is held to its
+  store's target; where a floor misses, no pure-Python store reaches the target.
 - The cyclic GC is off inside rounds (collected between rounds) for every contender alike.
   Each table ends with its noisiest contender's interquartile range, as a share of its median.
 - Cluster (unless --skip-cluster or redis-server is missing): a local 3-master/3-replica Redis
@@ -474,9 +478,16 @@ def local_section(n: int, rounds: int, scratch: Path, seed: int) -> tuple[Sectio
         Row("store compare_and_swap", "raw LMDB get+put+commit", None),
         Row("store list_keys page of 100", "raw LMDB cursor walk of 100", 1.5),
         Row("store get_many of 100", "raw LMDB 100 gets in one read txn", 1.2),
+        # The least pure Python can do against the same peers, under the same targets: where a floor misses
+        # its target, only code below Python reaches it.
+        Row(FLOOR_GET, "raw LMDB get (fresh read txn)", 1.3),
+        Row(FLOOR_PAGE, "raw LMDB cursor walk of 100", 1.5),
+        Row(FLOOR_MANY, "raw LMDB 100 gets in one read txn", 1.2),
         Row("dict get (absolute floor)", None, None),
         Row("store get", "dict get (absolute floor)", None),
         Row("plugin kv.get (per import call)", "empty unchecked import (floor)", 4.5),
+        # What the plugin target leaves for the read itself: raw LMDB's get alone, against the same floor.
+        Row("raw LMDB get (fresh read txn)", "empty unchecked import (floor)", None),
         Row("wasmtime-py define_func, dict get", "empty unchecked import (floor)", None),
         Row("plugin kv.get (per import call)", "wasmtime-py define_func, dict get", None),
     ]
@@ -676,7 +687,81 @@ def build_local_contenders(
             "raw LMDB 100 gets in one read txn": timed(raw_many),
         }
     )
+    found.update(python_floors(rng, rounds, env, db, prefix, main, starts_pool))
     return {name: Contender(name, run) for name, run in found.items()}, cas_state
+
+
+FLOOR_GET: Final = "Python floor: get"
+FLOOR_PAGE: Final = "Python floor: list page of 100"
+FLOOR_MANY: Final = "Python floor: get_many of 100"
+
+
+def python_floors(
+    rng: random.Random,
+    rounds: int,
+    env: Any,
+    db: Any,
+    prefix: bytes,
+    main: list[str],
+    starts_pool: list[str],
+) -> dict[str, Run]:
+    """The least Python that answers as the store does, with none of its checks: how close to raw LMDB
+    any pure-Python store can come. Each is the raw peer's code plus only what turns the store's input
+    into LMDB's and LMDB's answer into the store's (str key to prefixed bytes, flag byte off, keys
+    decoded and unprefixed), in one Python function per call, as the store's own front is."""
+    begin = env.begin
+    text_prefix = prefix.decode()
+    islice = itertools.islice
+
+    def get(key: str) -> bytes | None:
+        txn = begin(db)
+        record = txn.get(prefix + key.encode())
+        txn.abort()
+        if record is None:
+            return None
+        return record[1:] if not record[0] else record[9:]
+
+    gets = per_round(rounds, lambda: rng.choices(main, k=BATCH["get"]))
+
+    def floor_get(r: int) -> int:
+        for key in gets[r]:
+            get(key)
+        return len(gets[r])
+
+    def page(start: str) -> list[str]:
+        txn = begin(db)
+        cursor = txn.cursor()
+        cursor.set_range(prefix + start.encode())
+        stored = list(islice(cursor.iternext(True, False), PAGE))
+        txn.abort()
+        keys = b"".join(stored).decode().split(text_prefix)
+        del keys[0]
+        return keys
+
+    starts = per_round(rounds, lambda: rng.choices(starts_pool, k=BATCH["page"]))
+
+    def floor_page(r: int) -> int:
+        for start in starts[r]:
+            page(start)
+        return len(starts[r])
+
+    def get_many(keys: list[str]) -> list[bytes]:
+        stored = (text_prefix + ("\n" + text_prefix).join(keys)).encode().split(b"\n")
+        txn = begin(db)
+        records = list(map(txn.get, stored))
+        txn.abort()
+        return [record[1:] for record in records]
+
+    many = per_round(rounds, lambda: [rng.sample(main, MANY) for _ in range(BATCH["many"])])
+
+    def floor_many(r: int) -> int:
+        for keys in many[r]:
+            get_many(keys)
+        return len(many[r])
+
+    probe = main[0]
+    assert get(probe) == VALUE and get_many([probe]) == [VALUE] and page(starts_pool[0])[0] == starts_pool[0]
+    return {FLOOR_GET: timed(floor_get), FLOOR_PAGE: timed(floor_page), FLOOR_MANY: timed(floor_many)}
 
 
 PLAIN_PUT: Final = "raw LMDB put+commit, no writemap"
@@ -1183,7 +1268,7 @@ def version_of(name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--keys", default="1000,100000", help="comma-separated key counts (default 1000,100000)")
+    parser.add_argument("--keys", default="1000,200000", help="comma-separated key counts (default 1000,200000)")
     parser.add_argument("--skip-cluster", action="store_true", help="leave out the Redis Cluster comparison")
     parser.add_argument("--only-cluster", action="store_true", help="run only the Redis Cluster comparison")
     parser.add_argument("--rounds", type=int, default=41, help="interleaved rounds per section (default 41)")
