@@ -177,6 +177,14 @@ def test_a_killed_master_fails_calls_within_the_timeout_then_fails_over_keeping_
     try:
         _servers.wait_until("1000 acknowledged writes", lambda: len(acked) >= 1000, 30)
         victim = own_cluster.master_of("{acme}")
+        # Replication is asynchronous: a write the master acknowledged just before it died may never reach
+        # its replica, in Redis itself. What is owed is every write acknowledged before the replica caught
+        # up. So, on the master: a write of our own (executed after every write acknowledged so far), then
+        # WAIT until the replica has it, and with it all of those.
+        synced_sets, synced_increments = len(acked), increments["acked"]
+        with victim.client() as conn:
+            conn.set("{acme}:failover-sync", b"1")
+            assert conn.execute_command("WAIT", 1, 10_000) >= 1
         killed_at = time.monotonic()
         acked_at_kill = len(acked)
         victim.kill()
@@ -195,20 +203,24 @@ def test_a_killed_master_fails_calls_within_the_timeout_then_fails_over_keeping_
     values: list[bytes | None] = []
     for start in range(0, len(acked), 1000):
         values += bucket.get_many([f"k{i:07d}" for i in acked[start : start + 1000]])
-    lost = [i for i, value in zip(acked, values, strict=True) if value != str(i).encode()]
+    lost = [at for at, (i, value) in enumerate(zip(acked, values, strict=True)) if value != str(i).encode()]
     counter = int(bucket.get("n") or b"0")
     store.close()
     print(
         f"\nfailover: {len(failures)} calls failed, the slowest in {slowest * 1000:.0f} ms "
         f"(timeout {timeout_s:g} s); writes resumed {outage:.2f} s after kill -9; "
-        f"{len(acked) - len(lost)} of {len(acked)} acknowledged writes survived; "
+        f"{len(acked) - len(lost)} of {len(acked)} acknowledged writes survived "
+        f"({acked_at_kill - synced_sets} acknowledged between the replica's catching up and the kill); "
         f"counter {counter} for {increments['acked']} acknowledged increments"
     )
     # Bounded, never hanging: the 1 s operation timeout plus a loaded machine's scheduling (runs here: 1.0-1.45 s).
     assert slowest <= timeout_s + 1.5
     assert all("Redis Cluster at" in message for _, _, message in failures)
-    assert lost == []
-    assert increments["acked"] <= counter <= increments["acked"] + increments["failed"]
+    # Every write acknowledged before the replica caught up survived; only those acknowledged in the last
+    # moments of the master may be lost (none in the runs here), as in Redis itself.
+    assert all(at >= synced_sets for at in lost), (len(lost), lost[:5], synced_sets)
+    assert all(at < acked_at_kill for at in lost)  # after the failover, nothing acknowledged is lost
+    assert synced_increments <= counter <= increments["acked"] + increments["failed"]
 
 
 # -- clear errors ----------------------------------------------------------------------------------
