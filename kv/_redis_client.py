@@ -1,9 +1,22 @@
-"""The edge of the Redis engines: clients from a URL, and driver errors translated once into `BackendUnavailable`."""
+"""The edge of the Redis engines: clients from a URL, and driver errors translated once into `BackendUnavailable`.
+
+A blocking client (`Target.open_sync`) cannot be cancelled, so it is bounded
+from below: every socket it opens waits, for a connection, a handshake, a send
+or each piece of a reply, at most until `deadline.at`, the end of the store
+call running on the calling thread (and never longer than its own socket
+timeout). A server that stays silent, answers slowly or trickles a reply a
+byte at a time thus holds a call no longer than its deadline, however many
+round trips it makes.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
@@ -26,6 +39,7 @@ __all__ = [
     "Target",
     "check_timeout",
     "connect",
+    "deadline",
     "translate",
 ]
 
@@ -33,6 +47,122 @@ __all__ = [
 Client = redis.asyncio.Redis | redis.asyncio.RedisCluster
 #: A blocking redis-py client, one node or a cluster.
 SyncClient = redis.Redis | redis.RedisCluster
+
+
+class _Deadline(threading.local):
+    """Per thread: the `time.monotonic()` by which the store call running on it must end."""
+
+    #: No call running: sockets wait only their own timeouts.
+    at: float = math.inf
+
+
+#: The deadline of the store call on the calling thread; `RedisSyncStore` sets `deadline.at` as a call starts.
+deadline: Final = _Deadline()
+#: Read on every socket wait: a module global is one lookup fewer than `time.monotonic`.
+_monotonic: Final = time.monotonic
+
+
+class _DeadlineSocket:
+    """A connected socket whose every wait ends by `deadline.at` as well as by its own timeout.
+
+    redis-py reads a reply with as many `recv`s as it takes, each bounded by the
+    socket's timeout alone: a server sending a byte at a time within it holds a
+    call for ever. This one shortens the timeout to the time left before each
+    wait, and fails a wait that would start past the deadline. On the hot path
+    that is a clock read per wait: the socket itself is only touched when the
+    time left is the shorter (or was, on the wait before).
+    """
+
+    __slots__ = ("_applied", "_sock", "_timeout", "recv")
+
+    #: `_recv`, or while redis-py polls (`can_read`: a timeout of 0, no wait) the socket's own, which
+    #: spares the poll's usual "nothing to read" exception a pass through a Python frame.
+    recv: Callable[..., bytes]
+
+    def __init__(self, sock: socket.socket, timeout: float | None) -> None:
+        self._sock = sock
+        # What redis-py asked for (None: no limit), and what the socket has now (less near the deadline).
+        self._timeout = math.inf if timeout is None else timeout
+        self._applied = sock.gettimeout()
+        self.recv = self._recv
+
+    def _shorten(self, left: float) -> None:
+        """Apply the shorter of the socket's timeout and `left`, the time to the deadline."""
+        if left <= 0:
+            # What the socket raises when its own timeout fires, so redis-py reports it the same way.
+            raise TimeoutError("the store call's deadline passed")
+        applied = left if left < self._timeout else self._timeout
+        self._sock.settimeout(None if applied == math.inf else applied)
+        self._applied = applied
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+        self._timeout = self._applied = math.inf if timeout is None else timeout
+        self.recv = self._sock.recv if timeout == 0 else self._recv
+
+    def gettimeout(self) -> float | None:
+        return None if self._timeout == math.inf else self._timeout
+
+    # Inlined in each of the three, not a shared method: it runs on every round trip. A timeout of 0 is a
+    # poll, which does not wait.
+    def _recv(self, size: int, flags: int = 0) -> bytes:
+        if self._timeout:
+            left = deadline.at - _monotonic()
+            if left < self._timeout or self._applied != self._timeout:
+                self._shorten(left)
+        return self._sock.recv(size, flags)
+
+    def recv_into(self, buffer: Any, size: int = 0, flags: int = 0) -> int:
+        if self._timeout:
+            left = deadline.at - _monotonic()
+            if left < self._timeout or self._applied != self._timeout:
+                self._shorten(left)
+        return self._sock.recv_into(buffer, size, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        if self._timeout:
+            left = deadline.at - _monotonic()
+            if left < self._timeout or self._applied != self._timeout:
+                self._shorten(left)
+        self._sock.sendall(data, flags)
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (shutdown, close, fileno, setsockopt, TLS's pending...) is the socket's own.
+        return getattr(self._sock, name)
+
+
+class _DeadlineConnectionMixin:
+    """Bounds a redis-py connection's connect, TLS handshake and every later wait by `deadline.at`."""
+
+    socket_timeout: float | None
+    socket_connect_timeout: float | None
+
+    def _connect(self) -> _DeadlineSocket:
+        left = deadline.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the store call's deadline passed")
+        timeouts = self.socket_timeout, self.socket_connect_timeout
+        # The connect waits the connect timeout and a TLS handshake the socket timeout: both end by the deadline.
+        self.socket_timeout, self.socket_connect_timeout = (
+            left if timeout is None else min(timeout, left) for timeout in timeouts
+        )
+        try:
+            sock = super()._connect()  # type: ignore[misc]
+        finally:
+            self.socket_timeout, self.socket_connect_timeout = timeouts
+        return _DeadlineSocket(sock, timeouts[0])
+
+
+class _DeadlineConnection(_DeadlineConnectionMixin, redis.connection.Connection):
+    """A TCP connection whose waits end by the calling store call's deadline."""
+
+
+class _DeadlineSSLConnection(_DeadlineConnectionMixin, redis.connection.SSLConnection):
+    """A TLS connection whose waits end by the calling store call's deadline."""
+
+
+#: What the connections of a cluster's nodes take of `Target.options` (the rest is the cluster client's).
+_CLUSTER_ONLY_OPTIONS: Final = frozenset({"require_full_coverage", "ssl"})
 
 
 def check_timeout(timeout_s: object) -> float:
@@ -71,18 +201,34 @@ class Target:
     def open_sync(self) -> SyncClient:
         """A blocking redis-py client, which makes no retry of its own (`RedisSyncStore` retries within its bound).
 
-        A cluster client connects here, to load the slot map (one node's client on first use).
+        Its every socket wait ends by `deadline.at` (see the module's docstring).
+        A cluster client connects here, to load the slot map (one node's client
+        on first use): the startup nodes are asked at once, each on a thread of
+        its own, and the cluster client is given those that answered first, so
+        silent ones cost one deadline together, not one socket timeout each.
 
         Raises:
-            redis.exceptions.RedisClusterException: if no startup node can be reached (see `translate`).
+            redis.exceptions.RedisError: if no startup node answers by the deadline (see `translate`).
+            redis.exceptions.RedisClusterException: if the startup nodes that answered serve no cluster.
         """
         once = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
         if self.node_url is not None:
-            return redis.Redis.from_url(self.node_url, retry=once, **self.options)
+            tls = urlsplit(self.node_url).scheme.lower() == "rediss"
+            connection_class = _DeadlineSSLConnection if tls else _DeadlineConnection
+            return redis.Redis.from_url(self.node_url, retry=once, connection_class=connection_class, **self.options)
+        connection_class = _DeadlineSSLConnection if self.options.get("ssl") else _DeadlineConnection
+        node_options = {key: value for key, value in self.options.items() if key not in _CLUSTER_ONLY_OPTIONS}
+        (first_host, first_port), *others = _answering(self.cluster_nodes, connection_class, node_options, once)
+        bracketed = f"[{first_host}]" if ":" in first_host else first_host
+        # Only a client built from a URL hands its nodes' pools a connection class (then the URL names one
+        # startup node, the others follow); the URL carries no credentials and no TLS: the options do.
         return redis.RedisCluster(
-            startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in self.cluster_nodes],  # type: ignore[no-untyped-call]
+            url=f"redis://{bracketed}:{first_port}",
+            startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in others],  # type: ignore[no-untyped-call]
             retry=once,
-            **self.options,
+            connection_class=connection_class,
+            require_full_coverage=self.options.get("require_full_coverage", False),
+            **node_options,
         )
 
 
@@ -137,6 +283,55 @@ def connect(
     except ValueError as exc:
         raise InvalidArgument(f"malformed Redis URL {url!r}: {exc}") from exc
     raise InvalidArgument(f"not a Redis URL (redis://, rediss://, redis+cluster://, rediss+cluster://): {url!r}")
+
+
+def _answering(
+    nodes: Sequence[tuple[str, int]],
+    connection_class: type[redis.connection.Connection],
+    options: Mapping[str, Any],
+    retry: redis.retry.Retry,
+) -> list[tuple[str, int]]:
+    """The `nodes` that answer CLUSTER SLOTS by `deadline.at`, asked at once, in the order they answered.
+
+    Returns as soon as one answers (those that answered meanwhile too).
+
+    Raises:
+        redis.exceptions.RedisError: the first failure, if none answers (each fails by the deadline).
+    """
+    answered: list[tuple[str, int]] = []
+    failures: list[BaseException] = []
+    settled = threading.Condition()
+    at = deadline.at
+
+    def ask(node: tuple[str, int]) -> None:
+        deadline.at = at  # this thread's sockets end by the caller's deadline
+        pool = redis.ConnectionPool(
+            connection_class=connection_class, host=node[0], port=node[1], retry=retry, **options
+        )
+        failure: BaseException | None = None
+        try:
+            redis.Redis(connection_pool=pool).execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+        except redis.exceptions.ResponseError:
+            pass  # it answered: the cluster client will say what (say, a node without cluster mode)
+        except Exception as exc:  # any failure of this node is the caller's to report, if no other answers
+            failure = exc
+        finally:
+            pool.disconnect()
+        with settled:
+            (answered.append(node) if failure is None else failures.append(failure))
+            settled.notify()
+
+    for node in nodes:
+        threading.Thread(target=ask, args=(node,), name=f"wasmkv-probe-{node[0]}:{node[1]}", daemon=True).start()
+    with settled:
+        # Every ask ends by the deadline; the wait's own bound is a backstop, for a deadline never set.
+        wait_s = None if at == math.inf else max(at - time.monotonic(), 0) + 1
+        settled.wait_for(lambda: answered or len(failures) == len(nodes), wait_s)
+        if answered:
+            return list(answered)
+        if failures:
+            raise failures[0]
+    raise redis.exceptions.TimeoutError(f"no startup node answered by the deadline ({len(nodes)} asked)")
 
 
 def _parse_node(url: str, address: str) -> tuple[str, int]:

@@ -78,12 +78,14 @@ from ._rules import (
     quota_exceeded,
 )
 
-__all__ = ["STORE_FORMAT", "Call", "Op", "RedisCore", "drive"]
+__all__ = ["STORE_FORMAT", "UPGRADE_BATCH", "Call", "Op", "RedisCore", "drive"]
 
 #: The layout this code writes. 1: the first release; 2: adds the tenant, bucket and quota records.
 STORE_FORMAT: Final = 2
 #: How much longer than `timeout_s` a write's record (its exactly-once guard) stays on the server.
 _OP_RECORD_MARGIN_MS: Final = 5000
+#: Index keys a first-format upgrade counts (ZCARD) and records (SADD) per round trip, pipelined.
+UPGRADE_BATCH: Final = 1000
 
 T = TypeVar("T")
 #: One call to Redis: the key whose slot it goes to (None: any node, or all), and a function of the
@@ -113,7 +115,8 @@ class RedisCore:
 
     A subclass sets `scripts` (registered on its client) before it drives an
     operation, and provides the two calls that iterate a SCAN
-    (`_keys_matching`, `_unlink_matching`).
+    (`_keys_matching`, `_unlink_matching`). Operations whose work grows with
+    the store report each page of it done through `_progressed`.
 
     Raises:
         InvalidArgument: if `timeout_s` is out of range or `key_prefix` is not a valid name.
@@ -189,6 +192,9 @@ class RedisCore:
 
     # -- SCANs: how a client iterates them is the engine's ----------------------------------------
 
+    def _progressed(self) -> None:
+        """A page of work that grows with the store is done (see `kv._redis_sync`); by default, nothing to do."""
+
     def _keys_matching(self, pattern: bytes) -> Call:
         """A call that returns every key matching `pattern`, on every node."""
         raise NotImplementedError
@@ -214,12 +220,21 @@ class RedisCore:
             return
         # No format key: a new store, or one of the first format, which kept no sets of tenants and
         # buckets. Build them from the tenants' index keys; an empty store costs one SCAN that finds nothing.
-        index_keys = yield self._keys_matching(f"{self.key_prefix}:{{*}}:i:*".encode())
-        for key in index_keys:
-            tenant, bucket = _tenant_and_bucket(bytes(key), len(self.key_prefix) + 2)
-            if (yield _command("zcard", key)):
-                yield _command("sadd", self._base(tenant) + b"b", bucket)
-                yield _command("sadd", self._tenants_key(), tenant)
+        index_keys = [bytes(key) for key in (yield self._keys_matching(f"{self.key_prefix}:{{*}}:i:*".encode()))]
+        # A batch of keys per round trip, not a round trip per key: a store of many buckets upgrades in
+        # as many round trips as it has batches.
+        for start in range(0, len(index_keys), UPGRADE_BATCH):
+            batch = index_keys[start : start + UPGRADE_BATCH]
+            counts = yield _pipelined([("zcard", key) for key in batch])
+            records: list[tuple[Any, ...]] = []
+            for key, count in zip(batch, counts, strict=True):
+                if count:
+                    tenant, bucket = _tenant_and_bucket(key, len(self.key_prefix) + 2)
+                    records += [("sadd", self._base(tenant) + b"b", bucket), ("sadd", self._tenants_key(), tenant)]
+            if records:
+                yield _pipelined(records)
+            if start + UPGRADE_BATCH < len(index_keys):
+                self._progressed()
         yield format_key, lambda c: c.set(format_key, str(STORE_FORMAT), nx=True)
 
     # -- reads ---------------------------------------------------------------------------------
@@ -402,12 +417,28 @@ class RedisCore:
                     del self._ttl_tenants[tenant]
             if removed >= limit:
                 break
+            self._progressed()
         return removed
 
 
 def _command(name: str, key: bytes, *args: Any) -> Call:
     """A call of the client's command method `name` on `key` (and `args`), sent to `key`'s slot."""
     return key, lambda client: getattr(client, name)(key, *args)
+
+
+def _pipelined(commands: Sequence[tuple[Any, ...]]) -> Call:
+    """A call of the client's commands (a name and its arguments each) in one pipeline, replies in order.
+
+    Not a transaction: on a cluster the client sends each node its share.
+    """
+
+    def send(client: Any) -> Any:
+        pipe = client.pipeline(transaction=False)
+        for name, *args in commands:
+            getattr(pipe, name)(*args)
+        return pipe.execute()  # the replies, or (redis.asyncio) an awaitable of them
+
+    return None, send
 
 
 def _time_left(pttl: int) -> int | None:

@@ -8,21 +8,33 @@ the async engine (`kv._redis.RedisStore`), shared in `kv._redis_core`: either
 reads what the other wrote, and quotas count both engines' writes alike.
 
 A blocking client cannot be cancelled the way an awaited call is. So the
-driver makes no retry of its own (`Target.open_sync`) and each call is bounded
-here: a socket waits at most `timeout_s / 2` for a connection or a reply, and a
-call that failed in a way worth resending (a dropped connection, a cluster
+driver makes no retry of its own (`Target.open_sync`) and each store call is
+bounded here by one deadline, `timeout_s` after it starts, which every round
+trip of it shares: a socket waits at most `timeout_s / 2` for a connection or
+a reply, and never past the deadline (`kv._redis_client.deadline`), however
+many round trips the call makes or however slowly a reply trickles in. A call
+that failed in a way worth resending (a dropped connection, a cluster
 reconfiguring) is resent, after a short pause, only while a whole socket wait
-still fits in `timeout_s`. A server that stops answering fails a call after
-`timeout_s / 2`, one that refuses connections after retries within `timeout_s`;
-one that accepts a reconnection and then stays silent may hold a call up to
-`1.5 x timeout_s`. Every write carries its record, so a resent one runs once.
+still fits before the deadline. The first call also builds the client (for a
+cluster, asking every startup node at once) and checks the store format within
+the same deadline. So a server that stops answering, answers slowly or drops
+connections fails a call with `BackendUnavailable` by its deadline (plus the
+time the machine takes to schedule it). Every write carries its record, so a
+resent one runs once.
+
+The exception is work that grows with the store: upgrading a first-format
+store, deleting a tenant, sweeping. The deadline restarts each time such a call
+completes a page of it (a SCAN page that leaves more to scan, a batch of
+index keys or of unlinked keys, a tenant swept), so a healthy server completes
+any amount of it, and a slow or silent one fails it within `timeout_s` of the
+last page.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final, Self, TypeVar
 
 import redis
@@ -31,8 +43,8 @@ import redis.exceptions
 from . import _redis_scripts as lua
 from ._errors import BackendUnavailable, KvError
 from ._protocol import ScanItem
-from ._redis_client import DRIVER_ERRORS, RETRYABLE_ERRORS, SyncClient, Target, translate
-from ._redis_core import Call, RedisCore, drive
+from ._redis_client import DRIVER_ERRORS, RETRYABLE_ERRORS, SyncClient, Target, deadline, translate
+from ._redis_core import Call, Op, RedisCore, drive
 from ._rules import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_TIMEOUT_S, KeyRange, Namespace, Quota, Usage
 
 __all__ = ["RedisSyncStore"]
@@ -91,6 +103,15 @@ class RedisSyncStore(RedisCore):
 
     # -- the edge: every call to Redis goes through here ---------------------------------------
 
+    def _run(self, op: Op[T]) -> T:
+        """Run one store call: its deadline starts now, and every round trip it makes ends by it."""
+        deadline.at = time.monotonic() + self.timeout_s
+        return drive(op, self._send)
+
+    def _progressed(self) -> None:
+        # A page of work that grows with the store is done: the next page gets a whole bound of its own.
+        deadline.at = time.monotonic() + self.timeout_s
+
     def _send(self, call: Call) -> Any:
         """Make one call within its bound, translating every driver error into `BackendUnavailable`, once."""
         if not self._ready:
@@ -108,7 +129,6 @@ class RedisSyncStore(RedisCore):
         # the node failed, calls go through the cluster client, which refreshes its map on such errors,
         # until one succeeds: during a failover the store behaves as the cluster client alone would.
         cluster = client if self._direct and isinstance(client, redis.RedisCluster) else None
-        deadline = time.monotonic() + self.timeout_s
         pause = _RETRY_PAUSE_S
         while True:
             try:
@@ -137,7 +157,9 @@ class RedisSyncStore(RedisCore):
                     raise BackendUnavailable(
                         f"{self.where} answered in a way the Redis client cannot read ({type(exc).__name__}: {exc})"
                     ) from exc
-                if not isinstance(exc, RETRYABLE_ERRORS) or deadline - time.monotonic() < pause + self._socket_wait_s:
+                # The deadline is read here, not as the call starts: a page of work may have restarted it.
+                left = deadline.at - time.monotonic()
+                if not isinstance(exc, RETRYABLE_ERRORS) or left < pause + self._socket_wait_s:
                     raise translate(self.where, self.timeout_s, exc) from exc
             time.sleep(pause)
             pause = min(pause * 2, _RETRY_PAUSE_MAX_S)
@@ -159,7 +181,8 @@ class RedisSyncStore(RedisCore):
                     client = self._bounded((None, lambda _: self.target.open_sync()))
                     self.scripts = lua.register(client, self.op_record_ttl_ms)
                     self.client = client
-                # An upgrade is not bound by one operation's timeout (each of its commands is).
+                # Within the deadline of the call that got here first: a slow server cannot stretch it by
+                # answering each of the check's round trips just in time (an upgrade's pages restart it).
                 drive(self._check_format(), self._bounded)
             except BackendUnavailable as exc:
                 self._failure = str(exc)
@@ -168,105 +191,137 @@ class RedisSyncStore(RedisCore):
             self._ready = True
 
     def _keys_matching(self, pattern: bytes) -> Call:
-        return None, lambda client: list(client.scan_iter(match=pattern, count=SCAN_COUNT))
+        def keys(client: SyncClient) -> list[bytes]:
+            found: list[bytes] = []
+            for page in self._scan_pages(client, pattern):
+                found += page
+            return found
+
+        return None, keys
 
     def _unlink_matching(self, pattern: bytes, counted: bytes) -> Call:
         def unlink(client: SyncClient) -> int:
             removed = 0
             batch: list[bytes] = []
-            for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
-                batch.append(key)
-                removed += key.startswith(counted)
-                if len(batch) == UNLINK_BATCH:
-                    client.unlink(*batch)
-                    batch = []
+            for page in self._scan_pages(client, pattern):
+                for key in page:
+                    batch.append(key)
+                    removed += key.startswith(counted)
+                    if len(batch) == UNLINK_BATCH:
+                        client.unlink(*batch)
+                        batch = []
+                        self._progressed()
             if batch:
                 client.unlink(*batch)
             return removed
 
         return None, unlink
 
+    def _scan_pages(self, client: SyncClient, pattern: bytes) -> Iterator[list[bytes]]:
+        """The keys matching `pattern`, a SCAN page at a time, node by node; each page that leaves more restarts
+        the deadline (a SCAN examines `SCAN_COUNT` keys, matching or not: a large keyspace is many pages)."""
+        if isinstance(client, redis.RedisCluster):
+            # Through the cluster client, which refreshes its map if a node fails meanwhile.
+            for node in client.get_primaries():  # type: ignore[no-untyped-call]
+                cursor: int = 0
+                while True:
+                    # A cluster's SCAN answers per node: ({node name: cursor}, keys).
+                    reply: Any = client.scan(cursor, match=pattern, count=SCAN_COUNT, target_nodes=node)
+                    cursor = reply[0][node.name]
+                    yield reply[1]
+                    if not cursor:
+                        break
+                    self._progressed()
+            return
+        cursor = 0
+        while True:
+            cursor, keys = client.scan(cursor, match=pattern, count=SCAN_COUNT)
+            yield keys  # type: ignore[misc]  # bytes: the client never decodes
+            if not cursor:
+                return
+            self._progressed()
+
     # -- the operations: each runs one of `RedisCore`'s ------------------------------------------
 
     def get(self, ns: Namespace, key: bytes) -> bytes | None:
         """As `RedisStore.get`."""
-        return drive(self._get(ns, key), self._send)
+        return self._run(self._get(ns, key))
 
     def get_many(self, ns: Namespace, keys: Sequence[bytes]) -> list[bytes | None]:
         """As `RedisStore.get_many`."""
-        return drive(self._get_many(ns, keys), self._send)
+        return self._run(self._get_many(ns, keys))
 
     def exists(self, ns: Namespace, key: bytes) -> bool:
         """As `RedisStore.exists`."""
-        return drive(self._exists(ns, key), self._send)
+        return self._run(self._exists(ns, key))
 
     def ttl(self, ns: Namespace, key: bytes) -> int | None:
         """As `RedisStore.ttl`."""
-        return drive(self._ttl(ns, key), self._send)
+        return self._run(self._ttl(ns, key))
 
     def list_keys(
         self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int
     ) -> tuple[list[bytes], bool]:
         """As `RedisStore.list_keys`."""
-        return drive(self._list_keys(ns, key_range, after, limit), self._send)
+        return self._run(self._list_keys(ns, key_range, after, limit))
 
     def scan(
         self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int, max_bytes: int
     ) -> tuple[list[ScanItem], bool]:
         """As `RedisStore.scan`."""
-        return drive(self._scan(ns, key_range, after, limit, max_bytes), self._send)
+        return self._run(self._scan(ns, key_range, after, limit, max_bytes))
 
     def usage(self, tenant: str) -> Usage:
         """As `RedisStore.usage`."""
-        return drive(self._usage(tenant), self._send)
+        return self._run(self._usage(tenant))
 
     def tenants(self) -> list[str]:
         """As `RedisStore.tenants`."""
-        return drive(self._tenants(), self._send)
+        return self._run(self._tenants())
 
     def buckets(self, tenant: str) -> list[str]:
         """As `RedisStore.buckets`."""
-        return drive(self._buckets(tenant), self._send)
+        return self._run(self._buckets(tenant))
 
     def tenant_quota(self, tenant: str) -> Quota | None:
         """As `RedisStore.tenant_quota`."""
-        return drive(self._tenant_quota(tenant), self._send)
+        return self._run(self._tenant_quota(tenant))
 
     def put_tenant_quota(self, tenant: str, quota: Quota, *, only_if_absent: bool = False) -> Quota:
         """As `RedisStore.put_tenant_quota`."""
-        return drive(self._put_tenant_quota(tenant, quota, only_if_absent), self._send)
+        return self._run(self._put_tenant_quota(tenant, quota, only_if_absent))
 
     def delete_tenant(self, tenant: str) -> int:
-        """As `RedisStore.delete_tenant`; its SCAN and UNLINKs are each bounded, not the whole."""
-        return drive(self._delete_tenant(tenant), self._send)
+        """As `RedisStore.delete_tenant`; each page of its SCAN and each UNLINK is bounded, not the whole."""
+        return self._run(self._delete_tenant(tenant))
 
     def set(self, ns: Namespace, key: bytes, value: bytes, ttl_ms: int | None, quota: Quota) -> None:
         """As `RedisStore.set`."""
-        drive(self._set(ns, key, value, ttl_ms, quota), self._send)
+        self._run(self._set(ns, key, value, ttl_ms, quota))
 
     def set_many(self, ns: Namespace, items: Sequence[tuple[bytes, bytes]], quota: Quota) -> None:
         """As `RedisStore.set_many`."""
-        drive(self._set_many(ns, items, quota), self._send)
+        self._run(self._set_many(ns, items, quota))
 
     def delete(self, ns: Namespace, key: bytes) -> bool:
         """As `RedisStore.delete`."""
-        return bool(drive(self._delete_many(ns, (key,)), self._send))
+        return bool(self._run(self._delete_many(ns, (key,))))
 
     def delete_many(self, ns: Namespace, keys: Sequence[bytes]) -> int:
         """As `RedisStore.delete_many`."""
-        return drive(self._delete_many(ns, keys), self._send)
+        return self._run(self._delete_many(ns, keys))
 
     def increment(self, ns: Namespace, key: bytes, delta: int, quota: Quota) -> int:
         """As `RedisStore.increment`."""
-        return drive(self._increment(ns, key, delta, quota), self._send)
+        return self._run(self._increment(ns, key, delta, quota))
 
     def compare_and_swap(self, ns: Namespace, key: bytes, expected: bytes | None, new: bytes, quota: Quota) -> bool:
         """As `RedisStore.compare_and_swap`."""
-        return drive(self._compare_and_swap(ns, key, expected, new, quota), self._send)
+        return self._run(self._compare_and_swap(ns, key, expected, new, quota))
 
     def sweep(self, limit: int) -> int:
         """As `RedisStore.sweep`."""
-        return drive(self._sweep(limit), self._send)
+        return self._run(self._sweep(limit))
 
     def close(self) -> None:
         """Close the client's connections; idempotent. Calls in flight fail with `BackendUnavailable`."""

@@ -1,7 +1,8 @@
-"""Attacks on the blocking Redis engine's bound (commit afbe33f): servers that stop answering, answer slowly or
-drop connections, hit by many threads at once. The README promises `BackendUnavailable` "within timeout_s,
-never hang"; the engine's docstring allows a call up to 1.5 x timeout_s. These tests hold it to that, with
-slack for a loaded machine, against fake servers on loopback whose timing the test controls."""
+"""Attacks on the blocking Redis engine's bound (commit afbe33f): servers that stop answering, answer slowly,
+trickle replies or drop connections, hit by many threads at once. The README promises `BackendUnavailable`
+"within timeout_s, never hang"; the engine bounds each call by one deadline of timeout_s. These tests hold a
+call to 1.5 x timeout_s, with slack for a loaded machine, against fake servers on loopback whose timing the
+test controls."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import contextlib
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
+import _servers
 import pytest
+import redis
 
 from wasmkv import kv
-from wasmkv.kv._redis_core import STORE_FORMAT
+from wasmkv.kv._redis_core import STORE_FORMAT, UPGRADE_BATCH
 from wasmkv.kv._redis_sync import RedisSyncStore
 
 ACME = kv.Namespace("acme", "default")
@@ -36,9 +40,16 @@ def _read_command(stream: socket.SocketIO) -> list[bytes] | None:
     return parts
 
 
+class Trickle(bytes):
+    """A reply the fake server sends a byte at a time, `every_s` apart (until the client hangs up)."""
+
+    every_s = TIMEOUT_S / 8
+
+
 class FakeRedis:
     """A loopback server answering each command through `answer(command, connection number)`: the reply's
-    bytes, or None to stay silent from then on; each command counted, each connection numbered."""
+    bytes (a `Trickle` sent a byte at a time), or None to stay silent from then on; each command counted,
+    each connection numbered."""
 
     def __init__(self, answer: Callable[[list[bytes], int], bytes | None]) -> None:
         self.answer = answer
@@ -74,6 +85,11 @@ class FakeRedis:
                         while stream.read(1):  # silent: read on until the client hangs up
                             pass
                         return
+                    if isinstance(reply, Trickle):
+                        for byte in reply:
+                            conn.sendall(bytes((byte,)))
+                            time.sleep(reply.every_s)
+                        continue
                     conn.sendall(reply)
             except (OSError, ValueError):
                 return
@@ -148,11 +164,6 @@ def test_many_threads_first_calling_a_silent_server_each_fail_within_the_bound(f
     assert max(elapsed for elapsed, _ in timings) < 1.5 * TIMEOUT_S + SLACK_S, sorted(e for e, _ in timings)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: the first call's store-format check (and a first-format upgrade) is bound per command, "
-    "not by the call's timeout_s; sharing one deadline would keep a large upgrade from ever completing",
-)
 def test_a_first_call_whose_format_check_is_slow_then_meets_silence_fails_within_the_bound(fake) -> None:  # type: ignore[no-untyped-def]
     # A first call on a store without a format record: GET format, SCAN for index keys, a ZCARD each,
     # SET format, then the call's own command; each answered within the socket's wait (timeout_s / 2),
@@ -228,11 +239,6 @@ def test_a_server_that_is_not_redis_answering_the_handshake_is_one_clear_line_ne
             assert elapsed < 1.5 * TIMEOUT_S + SLACK_S
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: redis-py's cluster client tries its startup nodes one after another, each for up to "
-    "timeout_s / 2 (the author's nodes x timeout_s / 2); the fix belongs in kv/_redis_client.py",
-)
 def test_a_cluster_whose_startup_nodes_all_stay_silent_fails_a_call_within_the_bound(fake) -> None:  # type: ignore[no-untyped-def]
     servers = [fake(lambda command, _: _handshake(command)) for _ in range(8)]
     url = "redis+cluster://" + ",".join(f"127.0.0.1:{server.port}" for server in servers)
@@ -262,3 +268,153 @@ def test_a_connection_dropped_late_then_a_silent_reconnection_fails_within_one_a
     assert isinstance(exc, kv.BackendUnavailable), exc
     assert server.connections >= 2  # it was resent
     assert elapsed < 1.5 * TIMEOUT_S + SLACK_S, elapsed
+
+
+def _format_and(reply: Callable[[list[bytes]], bytes | None]) -> Callable[[list[bytes], int], bytes | None]:
+    """A server of the current store format that answers the handshake, then every other command with `reply`."""
+
+    def answer(command: list[bytes], _: int) -> bytes | None:
+        if (handshake := _handshake(command)) is not None:
+            return handshake
+        if command[0].upper() == b"GET" and command[1].endswith(b":format"):
+            return b"+%d\r\n" % STORE_FORMAT
+        return reply(command)
+
+    return answer
+
+
+#: Well-formed replies of 70-odd bytes: trickled, each takes ~9 x timeout_s.
+_SLOW_HELLO = b"%2\r\n$5\r\nproto\r\n:3\r\n$7\r\nversion\r\n$48\r\n" + b"7" * 48 + b"\r\n"
+_SLOW_FORMAT = b"$64\r\n" + b"%064d" % STORE_FORMAT + b"\r\n"
+_SLOW_VALUE = b"$64\r\n" + b"v" * 64 + b"\r\n"
+
+
+@pytest.mark.parametrize("what", ["the handshake", "the format check", "the reply"])
+def test_a_server_that_trickles_a_reply_a_byte_at_a_time_fails_the_call_within_the_bound(fake, what: str) -> None:  # type: ignore[no-untyped-def]
+    # Each byte comes well within a socket's wait (timeout_s / 2), the whole reply only after ~9 x timeout_s:
+    # a bound per socket wait never fires, only one per call does.
+    def answer(command: list[bytes], _: int) -> bytes | None:
+        name = command[0].upper()
+        if name == b"HELLO" and what == "the handshake":
+            return Trickle(_SLOW_HELLO)
+        if (handshake := _handshake(command)) is not None:
+            return handshake
+        if name == b"GET" and command[1].endswith(b":format"):
+            return Trickle(_SLOW_FORMAT) if what == "the format check" else b"+%d\r\n" % STORE_FORMAT
+        return Trickle(_SLOW_VALUE)
+
+    server = fake(answer)
+    with RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S) as store:
+        for _ in range(2):
+            elapsed, exc = _timed(lambda: store.get(ACME, b"k"))
+            assert isinstance(exc, kv.BackendUnavailable), exc
+            assert "\n" not in str(exc) and "127.0.0.1" in str(exc) and f"{TIMEOUT_S:g} s" in str(exc), str(exc)
+            assert elapsed < 1.5 * TIMEOUT_S + SLACK_S, elapsed
+
+
+def test_a_call_whose_round_trips_each_answer_in_time_fails_when_together_they_outlast_the_bound(fake) -> None:  # type: ignore[no-untyped-def]
+    # A tenant's first write on a server that lost its scripts: SADD, EVALSHA (NOSCRIPT), SCRIPT LOAD,
+    # EVALSHA; each answered just inside a socket's wait, together ~1.8 x timeout_s. The call's one
+    # deadline fails it, where a bound per round trip (or per step of the operation) let it run on.
+    evals = 0
+
+    def reply(command: list[bytes]) -> bytes | None:
+        nonlocal evals
+        time.sleep(0.45 * TIMEOUT_S)
+        name = command[0].upper()
+        if name == b"EVALSHA":
+            evals += 1
+            return b"-NOSCRIPT No matching script.\r\n" if evals == 1 else b"*1\r\n:0\r\n"
+        if name == b"SCRIPT":
+            return b"$40\r\n" + b"0" * 40 + b"\r\n"
+        return b":1\r\n" if name == b"SADD" else None
+
+    server = fake(_format_and(reply))
+    with RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S) as store:
+        elapsed, exc = _timed(lambda: store.set(ACME, b"k", b"v", None, kv.Quota()))
+    assert isinstance(exc, kv.BackendUnavailable), exc
+    assert elapsed < 1.5 * TIMEOUT_S + SLACK_S, elapsed
+
+
+def test_a_first_format_upgrade_longer_than_the_bound_completes_while_each_page_comes_promptly(fake) -> None:  # type: ignore[no-untyped-def]
+    # A store without a format record on a keyspace of many SCAN pages, each answered within a fraction
+    # of the bound: the upgrade as a whole takes several bounds, and completes (each page restarts the
+    # deadline); a store that could never finish its upgrade would fail every call.
+    pages = 8
+    page_s = 0.3 * TIMEOUT_S
+    index_key = b"wkv:{t0}:i:b"
+
+    def answer(command: list[bytes], _: int) -> bytes | None:
+        name = command[0].upper()
+        if (handshake := _handshake(command)) is not None:
+            return handshake
+        if name == b"SCAN":
+            time.sleep(page_s)
+            cursor = int(command[1]) + 1
+            keys = [index_key] if cursor == pages else []
+            head = b"*2\r\n$%d\r\n%d\r\n" % (len(str(cursor % pages)), cursor % pages)
+            return head + b"*%d\r\n" % len(keys) + b"".join(b"$%d\r\n%s\r\n" % (len(k), k) for k in keys)
+        replies = {b"GET": b"_\r\n", b"ZCARD": b":1\r\n", b"SADD": b":1\r\n", b"SET": b"+OK\r\n"}
+        return replies.get(name)
+
+    server = fake(answer)
+    with RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S) as store:
+        elapsed, exc = _timed(lambda: store.get(ACME, b"k"))
+    assert exc is None, exc
+    assert elapsed > pages * page_s > 2 * TIMEOUT_S  # it did outlast one bound
+    scans = [command for command in server.commands if command[0].upper() == b"SCAN"]
+    assert len(scans) == pages
+    sets = [command for command in server.commands if command[0].upper() == b"SET"]
+    assert sets and sets[0][1] == b"wkv:format"
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_a_first_format_upgrade_of_several_batches_records_every_tenant(kind: str) -> None:
+    # More index keys than one pipelined batch of the upgrade holds, on a real server and cluster.
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    tenants = [f"n{i:05d}" for i in range(2 * UPGRADE_BATCH + 7)]
+    servers = _servers.single() if kind == "redis" else _servers.cluster()
+    raw: redis.Redis | redis.RedisCluster
+    if kind == "redis":
+        raw = redis.Redis.from_url(servers.url)
+    else:
+        raw = redis.RedisCluster(host=_servers.HOST, port=servers.live_nodes()[0].port)
+    with raw:
+        pipe = raw.pipeline(transaction=False)
+        for tenant in tenants:
+            pipe.zadd(f"{prefix}:{{{tenant}}}:i:b", {b"k": 0})
+        pipe.zadd(f"{prefix}:{{empty}}:i:b", {b"k": 0}).zrem(f"{prefix}:{{empty}}:i:b", b"k")
+        pipe.execute()
+    with RedisSyncStore.from_url(servers.url, key_prefix=prefix) as store:
+        assert store.tenants() == tenants
+        assert store.buckets(tenants[-1]) == ["b"]
+
+
+def test_a_cluster_with_many_silent_startup_nodes_and_one_healthy_one_serves_promptly(fake) -> None:  # type: ignore[no-untyped-def]
+    # redis-py shuffles the startup nodes and asks them in turn, each for up to a socket's wait: ten
+    # silent ones before the healthy one took five bounds. Asked at once, the healthy one answers first.
+    timeout_s = 1.0
+    silent = [fake(lambda command, _: _handshake(command)) for _ in range(10)]
+    healthy = _servers.cluster().live_nodes()[0]
+    seeds = [f"127.0.0.1:{server.port}" for server in silent[:5]] + [healthy.address]
+    seeds += [f"127.0.0.1:{server.port}" for server in silent[5:]]
+    namespace = kv.Namespace(f"t{uuid.uuid4().hex[:8]}", "default")
+    with RedisSyncStore.from_url("redis+cluster://" + ",".join(seeds), timeout_s=timeout_s) as store:
+        elapsed, exc = _timed(lambda: store.set(namespace, b"k", b"v", None, kv.Quota()))
+        assert exc is None, exc
+        assert elapsed < timeout_s + SLACK_S, elapsed
+        assert store.get(namespace, b"k") == b"v"
+
+
+def test_a_cluster_whose_startup_nodes_refuse_or_stay_silent_is_one_line_naming_them(fake) -> None:  # type: ignore[no-untyped-def]
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        refused_port = closed.getsockname()[1]
+    silent = fake(lambda command, _: _handshake(command))
+    url = f"redis+cluster://127.0.0.1:{refused_port},127.0.0.1:{silent.port}"
+    with RedisSyncStore.from_url(url, timeout_s=TIMEOUT_S) as store:
+        for _ in range(2):
+            elapsed, exc = _timed(lambda: store.get(ACME, b"k"))
+            assert isinstance(exc, kv.BackendUnavailable), exc
+            message = str(exc)
+            assert "\n" not in message and f"127.0.0.1:{refused_port},127.0.0.1:{silent.port}" in message
+            assert elapsed < 1.5 * TIMEOUT_S + SLACK_S, elapsed
