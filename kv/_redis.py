@@ -11,6 +11,7 @@ optional read cache wraps this engine (`kv._read_cache`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Final, Self, TypeVar
 
@@ -38,6 +39,10 @@ __all__ = [
 
 #: Keys a SCAN asks for per round trip, and an UNLINK removes at once.
 SCAN_COUNT: Final = 1000
+#: The bound (`asyncio.timeout`) of the Redis call the current task awaits, which `_progressed` restarts.
+_BOUND: Final[contextvars.ContextVar[asyncio.Timeout | None]] = contextvars.ContextVar(
+    "wasmkv_redis_bound", default=None
+)
 UNLINK_BATCH: Final = 500
 
 T = TypeVar("T")
@@ -98,8 +103,18 @@ class RedisStore(RedisCore):
         return self._guard(call[1](self.client))
 
     async def _timed(self, call: Call) -> Any:
-        async with asyncio.timeout(self.timeout_s):
-            return await call[1](self.client)
+        async with asyncio.timeout(self.timeout_s) as bound:
+            token = _BOUND.set(bound)
+            try:
+                return await call[1](self.client)
+            finally:
+                _BOUND.reset(token)
+
+    def _progressed(self) -> None:
+        # A page of work that grows with the store is done: the call awaiting it gets a whole bound again.
+        bound = _BOUND.get()
+        if bound is not None:
+            bound.reschedule(asyncio.get_running_loop().time() + self.timeout_s)
 
     async def _guard(self, call: Awaitable[T]) -> T:
         """Await `call` within `timeout_s`, translating every driver error into `BackendUnavailable`, once."""
@@ -113,8 +128,12 @@ class RedisStore(RedisCore):
                 except BaseException:
                     _discard(call)
                     raise
-            async with asyncio.timeout(self.timeout_s):
-                return await call
+            async with asyncio.timeout(self.timeout_s) as bound:
+                token = _BOUND.set(bound)  # for `_progressed`, should the call page through the store
+                try:
+                    return await call
+                finally:
+                    _BOUND.reset(token)
         except DRIVER_ERRORS as exc:
             raise translate(self.where, self.timeout_s, exc) from exc
 
@@ -131,23 +150,55 @@ class RedisStore(RedisCore):
                 self._ready = True
 
     def _keys_matching(self, pattern: bytes) -> Call:
-        return None, lambda client: _collect(client.scan_iter(match=pattern, count=SCAN_COUNT))
+        async def keys(client: Client) -> list[bytes]:
+            found: list[bytes] = []
+            async for page in self._scan_pages(client, pattern):
+                found += page
+            return found
+
+        return None, keys
 
     def _unlink_matching(self, pattern: bytes, counted: bytes) -> Call:
-        async def unlink(_: Client) -> int:
+        async def unlink(client: Client) -> int:
             removed = 0
             batch: list[bytes] = []
-            async for key in self.client.scan_iter(match=pattern, count=SCAN_COUNT):
-                batch.append(key)
-                removed += key.startswith(counted)
-                if len(batch) == UNLINK_BATCH:
-                    await self.client.unlink(*batch)
-                    batch = []
+            async for page in self._scan_pages(client, pattern):
+                for key in page:
+                    batch.append(key)
+                    removed += key.startswith(counted)
+                    if len(batch) == UNLINK_BATCH:
+                        await client.unlink(*batch)
+                        batch = []
+                        self._progressed()
             if batch:
-                await self.client.unlink(*batch)
+                await client.unlink(*batch)
             return removed
 
         return None, unlink
+
+    async def _scan_pages(self, client: Client, pattern: bytes) -> AsyncIterator[list[bytes]]:
+        """The keys matching `pattern`, a SCAN page at a time, node by node; each page that leaves more
+        restarts the call's bound (a SCAN examines `SCAN_COUNT` keys, matching or not: a large keyspace
+        is many pages, which one bound would cut short for ever)."""
+        if isinstance(client, RedisCluster):
+            for node in client.get_primaries():
+                cursor: int = 0
+                while True:
+                    # A cluster's SCAN answers per node: ({node name: cursor}, keys).
+                    reply: Any = await client.scan(cursor, match=pattern, count=SCAN_COUNT, target_nodes=node)
+                    cursor = reply[0][node.name]
+                    yield reply[1]
+                    if not cursor:
+                        break
+                    self._progressed()
+            return
+        cursor = 0
+        while True:
+            cursor, keys = await client.scan(cursor, match=pattern, count=SCAN_COUNT)
+            yield keys  # type: ignore[misc]  # bytes: the client never decodes
+            if not cursor:
+                return
+            self._progressed()
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -327,10 +378,6 @@ class RedisStore(RedisCore):
             return
         self._closed = True
         await self.client.aclose()
-
-
-async def _collect(keys: AsyncIterator[bytes]) -> list[bytes]:
-    return [key async for key in keys]
 
 
 def _discard(call: Awaitable[Any]) -> None:

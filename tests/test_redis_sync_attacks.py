@@ -6,6 +6,7 @@ test controls."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -366,6 +367,47 @@ def test_a_first_format_upgrade_longer_than_the_bound_completes_while_each_page_
     assert len(scans) == pages
     sets = [command for command in server.commands if command[0].upper() == b"SET"]
     assert sets and sets[0][1] == b"wkv:format"
+
+
+def test_the_async_engine_too_completes_an_upgrade_longer_than_the_bound_page_by_page(fake) -> None:  # type: ignore[no-untyped-def]
+    # As above, on `RedisStore` (asyncio): its whole SCAN was one call under one bound, so a keyspace of
+    # more pages than fit in `timeout_s` could never be upgraded, and every call failed.
+    pages = 8
+    page_s = 0.3 * TIMEOUT_S
+    index_key = b"wkv:{t0}:i:b"
+
+    def answer(command: list[bytes], _: int) -> bytes | None:
+        name = command[0].upper()
+        if (handshake := _handshake(command)) is not None:
+            return handshake
+        if name == b"SCAN":
+            time.sleep(page_s)
+            cursor = int(command[1]) + 1
+            keys = [index_key] if cursor == pages else []
+            head = b"*2\r\n$%d\r\n%d\r\n" % (len(str(cursor % pages)), cursor % pages)
+            return head + b"*%d\r\n" % len(keys) + b"".join(b"$%d\r\n%s\r\n" % (len(k), k) for k in keys)
+        replies = {b"GET": b"_\r\n", b"ZCARD": b":1\r\n", b"SADD": b":1\r\n", b"SET": b"+OK\r\n"}
+        return replies.get(name)
+
+    server = fake(answer)
+
+    async def first_call() -> tuple[float, BaseException | None]:
+        store = kv.RedisStore.from_url(server.url, timeout_s=TIMEOUT_S)
+        try:
+            started = time.monotonic()
+            try:
+                await store.get(ACME, b"k")
+            except kv.KvError as exc:
+                return time.monotonic() - started, exc
+            return time.monotonic() - started, None
+        finally:
+            await store.aclose()
+
+    elapsed, exc = asyncio.run(first_call())
+    assert exc is None, exc
+    assert elapsed > pages * page_s > 2 * TIMEOUT_S  # it did outlast one bound
+    assert len([command for command in server.commands if command[0].upper() == b"SCAN"]) == pages
+    assert [command[1] for command in server.commands if command[0].upper() == b"SET"][:1] == [b"wkv:format"]
 
 
 @pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
