@@ -33,6 +33,7 @@ from ._errors import BackendUnavailable, InvalidArgument
 
 __all__ = [
     "DRIVER_ERRORS",
+    "MAX_SEED_NODES",
     "RETRYABLE_ERRORS",
     "Client",
     "SyncClient",
@@ -47,6 +48,10 @@ __all__ = [
 Client = redis.asyncio.Redis | redis.asyncio.RedisCluster
 #: A blocking redis-py client, one node or a cluster.
 SyncClient = redis.Redis | redis.RedisCluster
+
+
+#: The most seed nodes a cluster URL may name.
+MAX_SEED_NODES: Final = 64
 
 
 class _Deadline(threading.local):
@@ -267,7 +272,14 @@ def connect(
             options["password"] = None if parts.password else password
             return Target(url, (), f"Redis at {parts.hostname}:{parts.port or 6379}", options)
         if scheme in ("redis+cluster", "rediss+cluster"):
-            nodes = tuple(_parse_node(url, address) for address in parts.netloc.rpartition("@")[2].split(","))
+            addresses = parts.netloc.rpartition("@")[2].split(",")
+            if len(addresses) > MAX_SEED_NODES:
+                # Each seed is asked on a thread of its own at the first call: a few are all a cluster needs.
+                raise InvalidArgument(
+                    f"a Redis Cluster URL names at most {MAX_SEED_NODES} seed nodes, got {len(addresses)}: "
+                    "name a few of its nodes (the client learns the rest from them)"
+                )
+            nodes = tuple(_parse_node(url, address) for address in addresses)
             if parts.path not in ("", "/", "/0"):
                 raise InvalidArgument(f"a Redis Cluster has only database 0, got {url!r}")
             user, _, url_password = parts.netloc.rpartition("@")[0].partition(":")

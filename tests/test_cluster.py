@@ -255,6 +255,10 @@ def test_a_cluster_url_pointing_at_a_plain_node_says_so() -> None:
         ("redis+cluster://127.0.0.1", "expected host:port"),
         ("redis+cluster://127.0.0.1:1,:2", "expected host:port"),
         ("redis+cluster://127.0.0.1:7000/3", "only database 0"),
+        (
+            "redis+cluster://" + ",".join(f"127.0.0.1:{7000 + i}" for i in range(65)),
+            "names at most 64 seed nodes, got 65: name a few of its nodes",
+        ),
         ("redis://127.0.0.1:port/0", "malformed Redis URL"),
         ("redis+clusters://127.0.0.1:7000", "unknown store URL scheme 'redis\\+clusters'"),
         ("notascheme://x", "unknown store URL scheme 'notascheme'"),
