@@ -171,6 +171,9 @@ class RedisSyncStore(RedisCore):
         failures = self._failures
         with self._lock:
             if self._ready:
+                # Another thread's first call got the store ready while this one waited (an upgrade may take
+                # many bounds, each page restarting its deadline): this call's own bound starts now.
+                self._progressed()
                 return
             if self._closed:
                 raise BackendUnavailable("the store is closed")

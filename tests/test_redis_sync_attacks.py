@@ -369,6 +369,42 @@ def test_a_first_format_upgrade_longer_than_the_bound_completes_while_each_page_
     assert sets and sets[0][1] == b"wkv:format"
 
 
+def test_a_call_that_waited_for_another_threads_long_upgrade_gets_its_own_bound_after_it(fake) -> None:  # type: ignore[no-untyped-def]
+    # Thread A's first call upgrades a keyspace of many pages (several bounds, each page restarting A's
+    # deadline); thread B's call waits for it. B's bound used to run out while it waited, so a healthy
+    # server failed B's call as "did not answer".
+    pages = 8
+    page_s = 0.3 * TIMEOUT_S
+    scanning = threading.Event()
+
+    def answer(command: list[bytes], _: int) -> bytes | None:
+        name = command[0].upper()
+        if (handshake := _handshake(command)) is not None:
+            return handshake
+        if name == b"SCAN":
+            scanning.set()
+            time.sleep(page_s)
+            cursor = (int(command[1]) + 1) % pages
+            return b"*2\r\n$%d\r\n%d\r\n*0\r\n" % (len(str(cursor)), cursor)
+        return {b"GET": b"_\r\n", b"SET": b"+OK\r\n"}.get(name)
+
+    server = fake(answer)
+    outcomes: dict[str, tuple[float, BaseException | None]] = {}
+    with RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S) as store:
+
+        def call(name: str) -> None:
+            outcomes[name] = _timed(lambda: store.get(ACME, name.encode()))
+
+        first = threading.Thread(target=call, args=("a",))
+        first.start()
+        assert scanning.wait(10)
+        call("b")  # waits for the upgrade under way, then makes its own call
+        first.join()
+    assert outcomes["a"][1] is None, outcomes["a"]
+    assert outcomes["b"][1] is None, outcomes["b"]
+    assert outcomes["b"][0] > 2 * TIMEOUT_S  # it did wait longer than its own bound
+
+
 def test_the_async_engine_too_completes_an_upgrade_longer_than_the_bound_page_by_page(fake) -> None:  # type: ignore[no-untyped-def]
     # As above, on `RedisStore` (asyncio): its whole SCAN was one call under one bound, so a keyspace of
     # more pages than fit in `timeout_s` could never be upgraded, and every call failed.
