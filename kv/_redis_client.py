@@ -303,14 +303,18 @@ def _answering(
     options: Mapping[str, Any],
     retry: redis.retry.Retry,
 ) -> list[tuple[str, int]]:
-    """The `nodes` that answer CLUSTER SLOTS by `deadline.at`, asked at once, in the order they answered.
+    """The `nodes` that serve a cluster (a non-empty CLUSTER SLOTS) by `deadline.at`, asked at once, in the
+    order they answered.
 
-    Returns as soon as one answers (those that answered meanwhile too).
+    Returns as soon as one serves (those that served meanwhile too). If none does, those that answered
+    otherwise (an error, as a node without cluster mode gives, or no slots): the cluster client then says
+    what they are.
 
     Raises:
-        redis.exceptions.RedisError: the first failure, if none answers (each fails by the deadline).
+        redis.exceptions.RedisError: the first failure, if none answers at all (each fails by the deadline).
     """
-    answered: list[tuple[str, int]] = []
+    serving: list[tuple[str, int]] = []
+    other: list[tuple[str, int]] = []  # answered, but serve no cluster
     failures: list[BaseException] = []
     settled = threading.Condition()
     at = deadline.at
@@ -320,17 +324,23 @@ def _answering(
         pool = redis.ConnectionPool(
             connection_class=connection_class, host=node[0], port=node[1], retry=retry, **options
         )
+        found: list[tuple[str, int]] = other
         failure: BaseException | None = None
         try:
-            redis.Redis(connection_pool=pool).execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+            slots = redis.Redis(connection_pool=pool).execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+            # An error that answers first must not shut out a slower node that serves.
+            found = serving if slots else other
         except redis.exceptions.ResponseError:
-            pass  # it answered: the cluster client will say what (say, a node without cluster mode)
+            found = other
         except Exception as exc:  # any failure of this node is the caller's to report, if no other answers
             failure = exc
         finally:
             pool.disconnect()
         with settled:
-            (answered.append(node) if failure is None else failures.append(failure))
+            if failure is None:
+                found.append(node)
+            else:
+                failures.append(failure)
             settled.notify()
 
     for node in nodes:
@@ -338,9 +348,9 @@ def _answering(
     with settled:
         # Every ask ends by the deadline; the wait's own bound is a backstop, for a deadline never set.
         wait_s = None if at == math.inf else max(at - time.monotonic(), 0) + 1
-        settled.wait_for(lambda: answered or len(failures) == len(nodes), wait_s)
-        if answered:
-            return list(answered)
+        settled.wait_for(lambda: serving or len(other) + len(failures) == len(nodes), wait_s)
+        if serving or other:
+            return list(serving or other)
         if failures:
             raise failures[0]
     raise redis.exceptions.TimeoutError(f"no startup node answered by the deadline ({len(nodes)} asked)")

@@ -129,6 +129,10 @@ class RedisSyncStore(RedisCore):
         # the node failed, calls go through the cluster client, which refreshes its map on such errors,
         # until one succeeds: during a failover the store behaves as the cluster client alone would.
         cluster = client if self._direct and isinstance(client, redis.RedisCluster) else None
+        # A resend must fit before the deadline as the call found it: a paged call (an upgrade's SCAN)
+        # restarts the deadline page by page, and resent from its first page on a server that drops the
+        # connection every few pages, it would otherwise go on for ever.
+        entered = deadline.at
         pause = _RETRY_PAUSE_S
         while True:
             try:
@@ -157,8 +161,7 @@ class RedisSyncStore(RedisCore):
                     raise BackendUnavailable(
                         f"{self.where} answered in a way the Redis client cannot read ({type(exc).__name__}: {exc})"
                     ) from exc
-                # The deadline is read here, not as the call starts: a page of work may have restarted it.
-                left = deadline.at - time.monotonic()
+                left = min(entered, deadline.at) - time.monotonic()
                 if not isinstance(exc, RETRYABLE_ERRORS) or left < pause + self._socket_wait_s:
                     raise translate(self.where, self.timeout_s, exc) from exc
             time.sleep(pause)
