@@ -86,7 +86,8 @@ class RedisSyncStore(RedisCore):
         self.target = target
         # Built on first use: a cluster client connects as it is built.
         self.client: SyncClient | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by the first call while it gets the store ready
+        self._close_lock = threading.Lock()  # not that one: closing must not wait for a first call
         self._ready = False
         self._closed = False
         # How many attempts to build the client and check the format failed, and why the last one did.
@@ -186,7 +187,11 @@ class RedisSyncStore(RedisCore):
                 if self.client is None:
                     client = self._bounded((None, lambda _: self.target.open_sync()))
                     self.scripts = lua.register(client, self.op_record_ttl_ms)
-                    self.client = client
+                    with self._close_lock:
+                        if self._closed:  # closed while it was being built: `close` found no client to close
+                            client.close()
+                            raise BackendUnavailable("the store is closed")
+                        self.client = client
                 # Within the deadline of the call that got here first: a slow server cannot stretch it by
                 # answering each of the check's round trips just in time (an upgrade's pages restart it).
                 drive(self._check_format(), self._bounded)
@@ -330,14 +335,16 @@ class RedisSyncStore(RedisCore):
         return self._run(self._sweep(limit))
 
     def close(self) -> None:
-        """Close the client's connections; idempotent. Calls in flight fail with `BackendUnavailable`."""
-        with self._lock:
+        """Close the client's connections; idempotent. Calls in flight fail with `BackendUnavailable`, a
+        first call getting the store ready (say, through a long upgrade) included: closing does not wait for it."""
+        with self._close_lock:
             if self._closed:
                 return
             self._closed = True
+            client = self.client
         # The client stays: a call in flight on another thread fails on its closed connection, not on a None.
-        if self.client is not None:
-            self.client.close()
+        if client is not None:
+            client.close()
 
     @property
     def closed(self) -> bool:

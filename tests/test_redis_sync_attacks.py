@@ -405,6 +405,40 @@ def test_a_call_that_waited_for_another_threads_long_upgrade_gets_its_own_bound_
     assert outcomes["b"][0] > 2 * TIMEOUT_S  # it did wait longer than its own bound
 
 
+def test_closing_the_store_does_not_wait_for_a_first_call_upgrading_it(fake) -> None:  # type: ignore[no-untyped-def]
+    # A first call upgrading a keyspace of many pages (each restarting its deadline) holds the store's
+    # first-call lock for all of them; `close` used to take that lock, and so waited for the whole upgrade.
+    pages = 20
+    page_s = 0.3 * TIMEOUT_S
+    scanning = threading.Event()
+
+    def answer(command: list[bytes], _: int) -> bytes | None:
+        name = command[0].upper()
+        if (handshake := _handshake(command)) is not None:
+            return handshake
+        if name == b"SCAN":
+            scanning.set()
+            time.sleep(page_s)
+            cursor = (int(command[1]) + 1) % pages
+            return b"*2\r\n$%d\r\n%d\r\n*0\r\n" % (len(str(cursor)), cursor)
+        return {b"GET": b"_\r\n", b"SET": b"+OK\r\n"}.get(name)
+
+    server = fake(answer)
+    store = RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S)
+    outcome: list[tuple[float, BaseException | None]] = []
+    first = threading.Thread(target=lambda: outcome.append(_timed(lambda: store.get(ACME, b"k"))))
+    first.start()
+    assert scanning.wait(10)
+    closing, exc = _timed(store.close)
+    first.join(10)
+    assert exc is None and not first.is_alive()
+    upgrade_s = pages * page_s  # 6 bounds: what closing used to wait
+    assert closing < upgrade_s / 2, closing
+    elapsed, failure = outcome[0]
+    assert isinstance(failure, kv.BackendUnavailable) and "closed" in str(failure), failure
+    assert elapsed < upgrade_s / 2, elapsed
+
+
 def test_the_async_engine_too_completes_an_upgrade_longer_than_the_bound_page_by_page(fake) -> None:  # type: ignore[no-untyped-def]
     # As above, on `RedisStore` (asyncio): its whole SCAN was one call under one bound, so a keyspace of
     # more pages than fit in `timeout_s` could never be upgraded, and every call failed.
