@@ -180,3 +180,19 @@ def store(engine_kind: str, tmp_path: Path, clock: FakeClock) -> Iterator[kv.KvS
 def engine(store: kv.KvStore) -> kv.Store:
     """Each engine in turn, driven through the `kv.Store` protocol."""
     return store.engine
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, and a certificate for 127.0.0.1 signed by it (`_servers.make_tls_files`)."""
+    return _servers.make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def tls_server(tls_files: Path) -> Iterator[_servers.RedisServer]:
+    """A Redis server speaking only TLS, with `tls_files`' certificate."""
+    server = _servers.RedisServer(tls=tls_files).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -184,20 +184,6 @@ def test_a_store_closed_fails_later_calls_at_once_and_another_store_on_the_threa
 # -- TLS behind the deadline wrapper ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _servers.make_tls_files(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def tls_server(tls_files: Path) -> Iterator[_servers.RedisServer]:
-    server = _servers.RedisServer(tls=tls_files).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 class _Proxy:
     """A loopback TCP proxy to `port` that sends the server's bytes on `every_s` apart, in `chunk`-byte
     pieces (a trickle), after the first `prompt` bytes of each connection went through at once."""

@@ -337,28 +337,39 @@ def test_a_call_whose_round_trips_each_answer_in_time_fails_when_together_they_o
     assert elapsed < 1.5 * TIMEOUT_S + SLACK_S, elapsed
 
 
-def test_a_first_format_upgrade_longer_than_the_bound_completes_while_each_page_comes_promptly(fake) -> None:  # type: ignore[no-untyped-def]
-    # A store without a format record on a keyspace of many SCAN pages, each answered within a fraction
-    # of the bound: the upgrade as a whole takes several bounds, and completes (each page restarts the
-    # deadline); a store that could never finish its upgrade would fail every call.
-    pages = 8
-    page_s = 0.3 * TIMEOUT_S
+def _upgrading(
+    pages: int, page_s: float, scanning: threading.Event | None = None
+) -> Callable[[list[bytes], int], bytes | None]:
+    """A server holding a store of the first format: no format record, a keyspace of `pages` SCAN pages
+    each answered after `page_s` (setting `scanning` at the first), one tenant's index key on the last."""
     index_key = b"wkv:{t0}:i:b"
+    replies = {b"GET": b"_\r\n", b"ZCARD": b":1\r\n", b"SADD": b":1\r\n", b"SET": b"+OK\r\n"}
 
     def answer(command: list[bytes], _: int) -> bytes | None:
         name = command[0].upper()
         if (handshake := _handshake(command)) is not None:
             return handshake
         if name == b"SCAN":
+            if scanning is not None:
+                scanning.set()
             time.sleep(page_s)
             cursor = int(command[1]) + 1
             keys = [index_key] if cursor == pages else []
             head = b"*2\r\n$%d\r\n%d\r\n" % (len(str(cursor % pages)), cursor % pages)
             return head + b"*%d\r\n" % len(keys) + b"".join(b"$%d\r\n%s\r\n" % (len(k), k) for k in keys)
-        replies = {b"GET": b"_\r\n", b"ZCARD": b":1\r\n", b"SADD": b":1\r\n", b"SET": b"+OK\r\n"}
         return replies.get(name)
 
-    server = fake(answer)
+    return answer
+
+
+def test_a_first_format_upgrade_longer_than_the_bound_completes_while_each_page_comes_promptly(fake) -> None:  # type: ignore[no-untyped-def]
+    # A store without a format record on a keyspace of many SCAN pages, each answered within a fraction
+    # of the bound: the upgrade as a whole takes several bounds, and completes (each page restarts the
+    # deadline); a store that could never finish its upgrade would fail every call.
+    pages = 8
+    page_s = 0.3 * TIMEOUT_S
+
+    server = fake(_upgrading(pages, page_s))
     with RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S) as store:
         elapsed, exc = _timed(lambda: store.get(ACME, b"k"))
     assert exc is None, exc
@@ -377,18 +388,7 @@ def test_a_call_that_waited_for_another_threads_long_upgrade_gets_its_own_bound_
     page_s = 0.3 * TIMEOUT_S
     scanning = threading.Event()
 
-    def answer(command: list[bytes], _: int) -> bytes | None:
-        name = command[0].upper()
-        if (handshake := _handshake(command)) is not None:
-            return handshake
-        if name == b"SCAN":
-            scanning.set()
-            time.sleep(page_s)
-            cursor = (int(command[1]) + 1) % pages
-            return b"*2\r\n$%d\r\n%d\r\n*0\r\n" % (len(str(cursor)), cursor)
-        return {b"GET": b"_\r\n", b"SET": b"+OK\r\n"}.get(name)
-
-    server = fake(answer)
+    server = fake(_upgrading(pages, page_s, scanning))
     outcomes: dict[str, tuple[float, BaseException | None]] = {}
     with RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S) as store:
 
@@ -412,18 +412,7 @@ def test_closing_the_store_does_not_wait_for_a_first_call_upgrading_it(fake) -> 
     page_s = 0.3 * TIMEOUT_S
     scanning = threading.Event()
 
-    def answer(command: list[bytes], _: int) -> bytes | None:
-        name = command[0].upper()
-        if (handshake := _handshake(command)) is not None:
-            return handshake
-        if name == b"SCAN":
-            scanning.set()
-            time.sleep(page_s)
-            cursor = (int(command[1]) + 1) % pages
-            return b"*2\r\n$%d\r\n%d\r\n*0\r\n" % (len(str(cursor)), cursor)
-        return {b"GET": b"_\r\n", b"SET": b"+OK\r\n"}.get(name)
-
-    server = fake(answer)
+    server = fake(_upgrading(pages, page_s, scanning))
     store = RedisSyncStore.from_url(server.url, timeout_s=TIMEOUT_S)
     outcome: list[tuple[float, BaseException | None]] = []
     first = threading.Thread(target=lambda: outcome.append(_timed(lambda: store.get(ACME, b"k"))))
@@ -444,22 +433,8 @@ def test_the_async_engine_too_completes_an_upgrade_longer_than_the_bound_page_by
     # more pages than fit in `timeout_s` could never be upgraded, and every call failed.
     pages = 8
     page_s = 0.3 * TIMEOUT_S
-    index_key = b"wkv:{t0}:i:b"
 
-    def answer(command: list[bytes], _: int) -> bytes | None:
-        name = command[0].upper()
-        if (handshake := _handshake(command)) is not None:
-            return handshake
-        if name == b"SCAN":
-            time.sleep(page_s)
-            cursor = int(command[1]) + 1
-            keys = [index_key] if cursor == pages else []
-            head = b"*2\r\n$%d\r\n%d\r\n" % (len(str(cursor % pages)), cursor % pages)
-            return head + b"*%d\r\n" % len(keys) + b"".join(b"$%d\r\n%s\r\n" % (len(k), k) for k in keys)
-        replies = {b"GET": b"_\r\n", b"ZCARD": b":1\r\n", b"SADD": b":1\r\n", b"SET": b"+OK\r\n"}
-        return replies.get(name)
-
-    server = fake(answer)
+    server = fake(_upgrading(pages, page_s))
 
     async def first_call() -> tuple[float, BaseException | None]:
         store = kv.RedisStore.from_url(server.url, timeout_s=TIMEOUT_S)

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import _servers
 import pytest
 
 from wasmkv import kv
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _servers.make_tls_files(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def tls_server(tls_files: Path) -> Iterator[_servers.RedisServer]:
-    server = _servers.RedisServer(tls=tls_files).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_store_over_tls_checks_the_servers_certificate(tls_server: _servers.RedisServer, tls_files: Path) -> None:
