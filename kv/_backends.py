@@ -27,6 +27,7 @@ from ._rules import (
     DEFAULT_SWEEP_INTERVAL_S,
     Clock,
     check_name,
+    shown_url,
 )
 
 __all__ = [
@@ -244,21 +245,21 @@ def backend_for(url: str) -> tuple[Backend, str, dict[str, Any]]:
     if not sep or "/" in scheme or len(scheme) == 1:  # no scheme, a relative path, or a Windows drive
         return _LMDB, url, {}
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
-        raise InvalidArgument(f"{url!r} is neither a store URL nor a directory path without a colon")
+        raise InvalidArgument(f"{shown_url(url)!r} is neither a store URL nor a directory path without a colon")
     rest, _, query = rest.partition("?")
     scheme = scheme.lower()
     backend = BACKENDS.get(scheme)
     if backend is None:
-        raise InvalidArgument(f"unknown store URL scheme {scheme!r} in {url!r}: use {_SCHEMES}")
+        raise InvalidArgument(f"unknown store URL scheme {scheme!r} in {shown_url(url)!r}: use {_SCHEMES}")
     options = _query_options(backend, url, query)
     if scheme == "lmdb":
         path = rest.removeprefix("//")
         if not path.startswith("/"):
-            raise InvalidArgument(f"an lmdb URL needs an absolute path (lmdb:///abs/path), got {url!r}")
+            raise InvalidArgument(f"an lmdb URL needs an absolute path (lmdb:///abs/path), got {shown_url(url)!r}")
         return backend, path, options
     if scheme == "memory":
         if rest.strip("/"):
-            raise InvalidArgument(f"a memory URL takes no path (memory:), got {url!r}")
+            raise InvalidArgument(f"a memory URL takes no path (memory:), got {shown_url(url)!r}")
         return backend, "", options
     return backend, f"{scheme}:{rest}", options
 
@@ -270,15 +271,17 @@ def _query_options(backend: Backend, url: str, query: str) -> dict[str, Any]:
     try:
         pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True)
     except ValueError:
-        raise InvalidArgument(f"malformed query in store URL {url!r}: expected name=value&...") from None
+        raise InvalidArgument(f"malformed query in store URL {shown_url(url)!r}: expected name=value&...") from None
     allowed = {**backend.options, **COMMON_OPTIONS}
     for name, text in pairs:
         option = allowed.get(name)
         if option is None:
             takes = ", ".join(sorted(allowed))
-            raise InvalidArgument(f"unknown option {name!r} in store URL {url!r} ({backend.kind} takes {takes})")
+            raise InvalidArgument(
+                f"unknown option {name!r} in store URL {shown_url(url)!r} ({backend.kind} takes {takes})"
+            )
         if name in options:
-            raise InvalidArgument(f"option {name!r} is given twice in store URL {url!r}")
+            raise InvalidArgument(f"option {name!r} is given twice in store URL {shown_url(url)!r}")
         options[name] = option.parse(name, text)
     return options
 

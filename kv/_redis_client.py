@@ -12,6 +12,7 @@ round trips it makes.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import socket
 import threading
@@ -30,6 +31,7 @@ import redis.exceptions
 import redis.retry
 
 from ._errors import BackendUnavailable, InvalidArgument
+from ._rules import shown_url
 
 __all__ = [
     "DRIVER_ERRORS",
@@ -136,33 +138,134 @@ class _DeadlineSocket:
         return getattr(self._sock, name)
 
 
+class _Lookup:
+    """One host name's resolution, running on a thread of its own; callers wait for it each by their deadline."""
+
+    __slots__ = ("addresses", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.addresses: list[Any] = []
+        self.error: OSError | None = None
+
+
+#: The resolutions running now, by (host, port, family): a caller joins one of the same name rather than start
+#: its own, so a resolver that hangs costs one thread per name, however many calls wait for it.
+_lookups: Final[dict[tuple[str, int, int], _Lookup]] = {}
+_lookups_lock: Final = threading.Lock()
+
+
+def _resolve(host: str, port: int, family: int) -> list[Any]:
+    """`socket.getaddrinfo` for a stream socket to (`host`, `port`), waiting for a name no longer than `deadline.at`.
+
+    An address is read at once, on the calling thread. A name is resolved on a
+    daemon thread, which may outlive the wait: a resolver that hangs (a DNS
+    server that stopped answering waits out the system's timeouts and retries,
+    tens of seconds) then fails the call by its deadline, and its lookup is
+    left to end, or not, on its own. Nothing is cached: each connection
+    resolves the name afresh once the last lookup ended.
+
+    Raises:
+        TimeoutError: if the name is not resolved by the deadline.
+        OSError: as `socket.getaddrinfo` (socket.gaierror) for a name that does not resolve.
+    """
+    try:
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError):
+        pass  # not an address: a name
+    key = (host, port, family)
+    with _lookups_lock:
+        lookup = _lookups.get(key)
+        if lookup is None:
+            lookup = _lookups[key] = _Lookup()
+            threading.Thread(
+                target=_look_up, args=(key, lookup), name=f"wasmkv-resolve-{host}:{port}", daemon=True
+            ).start()
+    left = deadline.at - time.monotonic()
+    if not lookup.done.wait(None if left == math.inf else max(left, 0)):
+        raise TimeoutError(f"resolving {host!r} did not finish by the store call's deadline")
+    if lookup.error is not None:
+        raise lookup.error
+    return lookup.addresses
+
+
+def _look_up(key: tuple[str, int, int], lookup: _Lookup) -> None:
+    host, port, family = key
+    try:
+        lookup.addresses = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    except OSError as exc:
+        lookup.error = exc
+    except Exception as exc:  # a name no resolver takes (an embedded NUL, too long to encode...)
+        lookup.error = OSError(f"cannot resolve {host!r}: {exc}")
+    finally:
+        with _lookups_lock:
+            del _lookups[key]  # the next connection resolves afresh
+        lookup.done.set()
+
+
+def _time_left(timeout: float | None) -> float:
+    """The shorter of `timeout` (None: none) and the time left before `deadline.at`.
+
+    Raises:
+        TimeoutError: if the deadline has passed.
+    """
+    left = deadline.at - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the store call's deadline passed")
+    return left if timeout is None or left < timeout else timeout
+
+
+class _DeadlineTcpConnection(redis.connection.Connection):
+    """A TCP connection whose connect, name resolution included, ends by `deadline.at`.
+
+    redis-py's own resolves the host with no bound at all, then tries each of
+    its addresses for the whole connect timeout: a name that resolves slowly,
+    or to many addresses that drop SYNs, held a call for as long as they
+    liked. This one resolves within the deadline (`_resolve`) and gives each
+    address only the time left. The socket is left with the shorter of its
+    timeout and the time left, so the TLS handshake that may follow (redis-py's
+    `SSLConnection` wraps what this returns) ends by the deadline too.
+    """
+
+    def _connect(self) -> socket.socket:
+        failure: OSError | None = None
+        for family, kind, proto, _, address in _resolve(self.host, self.port, self.socket_type):
+            sock = socket.socket(family, kind, proto)
+            try:
+                # As redis-py sets its sockets up.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.socket_keepalive:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                    for option, value in self.socket_keepalive_options.items():
+                        sock.setsockopt(socket.IPPROTO_TCP, option, value)
+                sock.settimeout(_time_left(self.socket_connect_timeout))
+                sock.connect(address)
+                sock.settimeout(_time_left(self.socket_timeout))
+                return sock
+            except OSError as exc:  # TimeoutError too: the next address gets what is left, if anything is
+                failure = exc
+                sock.close()
+        raise failure or OSError(f"{self.host!r} resolved to no address")
+
+
 class _DeadlineConnectionMixin:
-    """Bounds a redis-py connection's connect, TLS handshake and every later wait by `deadline.at`."""
+    """Bounds every wait of a redis-py connection, after the connect, by `deadline.at`."""
 
     socket_timeout: float | None
-    socket_connect_timeout: float | None
 
-    def _connect(self) -> _DeadlineSocket:
-        left = deadline.at - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the store call's deadline passed")
-        timeouts = self.socket_timeout, self.socket_connect_timeout
-        # The connect waits the connect timeout and a TLS handshake the socket timeout: both end by the deadline.
-        self.socket_timeout, self.socket_connect_timeout = (
-            left if timeout is None else min(timeout, left) for timeout in timeouts
-        )
-        try:
-            sock = super()._connect()  # type: ignore[misc]
-        finally:
-            self.socket_timeout, self.socket_connect_timeout = timeouts
-        return _DeadlineSocket(sock, timeouts[0])
+    def _connect(self) -> Any:  # a `_DeadlineSocket`, which redis-py uses as the socket it stands for
+        # The connect and a TLS handshake end by the deadline (`_DeadlineTcpConnection`); the socket's later
+        # waits too, from here.
+        return _DeadlineSocket(super()._connect(), self.socket_timeout)  # type: ignore[misc]
 
 
-class _DeadlineConnection(_DeadlineConnectionMixin, redis.connection.Connection):
+class _DeadlineConnection(_DeadlineConnectionMixin, _DeadlineTcpConnection):
     """A TCP connection whose waits end by the calling store call's deadline."""
 
 
-class _DeadlineSSLConnection(_DeadlineConnectionMixin, redis.connection.SSLConnection):
+# redis-py's `SSLConnection._connect` wraps its `super()._connect()`: placed after it, the TCP connect
+# above is the one it wraps.
+class _DeadlineSSLConnection(_DeadlineConnectionMixin, redis.connection.SSLConnection, _DeadlineTcpConnection):
     """A TLS connection whose waits end by the calling store call's deadline."""
 
 
@@ -191,8 +294,8 @@ class Target:
     cluster_nodes: tuple[tuple[str, int], ...]
     #: Where it points, for messages ("Redis Cluster at 127.0.0.1:7000").
     where: str
-    #: What both clients take: timeouts, credentials, TLS, pool size.
-    options: Mapping[str, Any]
+    #: What both clients take: timeouts, credentials, TLS, pool size. Not in the repr: it holds the password.
+    options: Mapping[str, Any] = dataclasses.field(repr=False)
 
     def open_async(self) -> Client:
         """A redis.asyncio client; it connects on first use."""
@@ -270,6 +373,7 @@ def connect(
         if scheme in ("redis", "rediss"):
             redis.connection.parse_url(url)  # type: ignore[no-untyped-call]  # what both clients' `from_url` do: a malformed URL fails here
             options["password"] = None if parts.password else password
+            _check_host(url, parts.hostname or "")
             return Target(url, (), f"Redis at {parts.hostname}:{parts.port or 6379}", options)
         if scheme in ("redis+cluster", "rediss+cluster"):
             addresses = parts.netloc.rpartition("@")[2].split(",")
@@ -281,7 +385,7 @@ def connect(
                 )
             nodes = tuple(_parse_node(url, address) for address in addresses)
             if parts.path not in ("", "/", "/0"):
-                raise InvalidArgument(f"a Redis Cluster has only database 0, got {url!r}")
+                raise InvalidArgument(f"a Redis Cluster has only database 0, got {shown_url(url)!r}")
             user, _, url_password = parts.netloc.rpartition("@")[0].partition(":")
             options.update(
                 username=unquote(user) or None,
@@ -293,8 +397,10 @@ def connect(
             where = "Redis Cluster at " + ",".join(f"{host}:{port}" for host, port in nodes)
             return Target(None, nodes, where, options)
     except ValueError as exc:
-        raise InvalidArgument(f"malformed Redis URL {url!r}: {exc}") from exc
-    raise InvalidArgument(f"not a Redis URL (redis://, rediss://, redis+cluster://, rediss+cluster://): {url!r}")
+        raise InvalidArgument(f"malformed Redis URL {shown_url(url)!r}: {exc}") from exc
+    raise InvalidArgument(
+        f"not a Redis URL (redis://, rediss://, redis+cluster://, rediss+cluster://): {shown_url(url)!r}"
+    )
 
 
 def _answering(
@@ -359,8 +465,30 @@ def _answering(
 def _parse_node(url: str, address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidArgument(f"malformed Redis Cluster URL {url!r}: expected host:port, got {address!r}")
-    return host.strip("[]"), int(port)
+        raise InvalidArgument(f"malformed Redis Cluster URL {shown_url(url)!r}: expected host:port, got {address!r}")
+    host = host.strip("[]")
+    _check_host(url, host)
+    return host, int(port)
+
+
+def _check_host(url: str, host: str) -> None:
+    """Refuse a host that is neither an address nor a name a resolver takes (an empty label, one over 63 bytes).
+
+    Raises:
+        InvalidArgument: naming the host.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        host.encode("idna")
+    except UnicodeError as exc:
+        reason = exc.__cause__ or exc  # the codec's own words: "label too long", "label empty or too long"
+        raise InvalidArgument(
+            f"malformed Redis URL {shown_url(url)!r}: {host!r} is not a host name ({reason})"
+        ) from None
 
 
 #: What `translate` maps: a timeout of ours, and whatever the driver or the socket raises (redis-py's

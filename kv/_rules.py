@@ -339,6 +339,24 @@ def check_ttl_ms(ttl_ms: object) -> int:
     return ttl_ms
 
 
+_PASSWORD_OPTION = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def shown_url(url: str) -> str:
+    """`url` as a message may show it: a password, in its user part or a `password=` option, replaced by `***`.
+
+    Messages reach terminals and logs; the password must not. The user part
+    ends at the URL's last `@`: a password holding a raw `/` or `?` is hidden
+    whole, at the cost of hiding more than it, should a later part hold an `@`.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        user, at, after = rest.rpartition("@")
+        if at and ":" in user:
+            rest = f"{user.partition(':')[0]}:***@{after}"
+    return _PASSWORD_OPTION.sub(r"\1***", f"{scheme}{sep}{rest}")
+
+
 def check_limit(limit: object) -> int:
     """Return a `list_keys` page size if it is an int in 1..1000.
 
