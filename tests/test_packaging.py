@@ -13,6 +13,7 @@ import sys
 import sysconfig
 import tarfile
 import venv
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,12 +26,23 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(out), str(ROOT)],
         check=True,
         capture_output=True,
+        text=True,
     )
+    (out / "build.log").write_text(built.stdout + built.stderr)
     yield out
+
+
+def test_the_build_ships_every_data_folder_as_a_package_with_no_setuptools_warning(dist: Path) -> None:
+    # A data folder left out of `packages` is still shipped, with a screen of warnings at every install.
+    log = (dist / "build.log").read_text()
+    assert "absent from the `packages` configuration" not in log, log[-3000:]
+    (wheel,) = dist.glob("wasmkv-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert "wasmkv/abi/guest/rust/src/lib.rs" in archive.namelist()
 
 
 @pytest.fixture(scope="module")
