@@ -11,9 +11,8 @@ optional read cache wraps this engine (`kv._read_cache`).
 from __future__ import annotations
 
 import asyncio
-import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from typing import Any, Final, Self, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Self, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 
@@ -37,14 +36,6 @@ __all__ = [
     "RedisStore",
 ]
 
-#: Keys a SCAN asks for per round trip, and an UNLINK removes at once.
-SCAN_COUNT: Final = 1000
-#: The bound (`asyncio.timeout`) of the Redis call the current task awaits, which `_progressed` restarts.
-_BOUND: Final[contextvars.ContextVar[asyncio.Timeout | None]] = contextvars.ContextVar(
-    "wasmkv_redis_bound", default=None
-)
-UNLINK_BATCH: Final = 500
-
 T = TypeVar("T")
 
 
@@ -54,7 +45,8 @@ class RedisStore(RedisCore):
     Build one with `RedisStore.from_url`, or pass a client you configured.
     Operations are atomic on the server and quotas exact across any number of
     hosts. Each operation takes at most `timeout_s` (driver retries across a
-    failover included) and then raises `BackendUnavailable`.
+    failover included; work that grows with the store, as `delete_tenant`, each
+    page of it) and then raises `BackendUnavailable`.
 
     A client you pass must not decode responses (`decode_responses=False`, the default).
     Use one store from one event loop (`KvStore` opens one per loop).
@@ -87,7 +79,7 @@ class RedisStore(RedisCore):
 
     async def _run(self, op: Op[T], send: Callable[[Call], Awaitable[Any]] | None = None) -> T:
         """Run an operation of `RedisCore`, awaiting each call it makes through `send` (default: `_guard`)."""
-        send = send or self._send
+        send = send or self._guard
         try:
             call = next(op)
             while True:
@@ -98,44 +90,28 @@ class RedisStore(RedisCore):
         finally:
             op.close()
 
-    def _send(self, call: Call) -> Awaitable[Any]:
-        # One client reaches every node: the slot the call goes to is its business.
-        return self._guard(call[1](self.client))
-
-    async def _timed(self, call: Call) -> Any:
-        async with asyncio.timeout(self.timeout_s) as bound:
-            token = _BOUND.set(bound)
-            try:
-                return await call[1](self.client)
-            finally:
-                _BOUND.reset(token)
-
-    def _progressed(self) -> None:
-        # A page of work that grows with the store is done: the call awaiting it gets a whole bound again.
-        bound = _BOUND.get()
-        if bound is not None:
-            bound.reschedule(asyncio.get_running_loop().time() + self.timeout_s)
-
-    async def _guard(self, call: Awaitable[T]) -> T:
-        """Await `call` within `timeout_s`, translating every driver error into `BackendUnavailable`, once."""
+    async def _guard(self, call: Call) -> Any:
+        """Make `call` within `timeout_s`, translating every driver error into `BackendUnavailable`, once."""
         if self._closed:
-            _discard(call)
             raise BackendUnavailable("the store is closed")
         try:
             if not self._ready:
-                try:
-                    await self._initialize()
-                except BaseException:
-                    _discard(call)
-                    raise
-            async with asyncio.timeout(self.timeout_s) as bound:
-                token = _BOUND.set(bound)  # for `_progressed`, should the call page through the store
-                try:
-                    return await call
-                finally:
-                    _BOUND.reset(token)
+                await self._initialize()
+            return await self._timed(call)
         except DRIVER_ERRORS as exc:
             raise translate(self.where, self.timeout_s, exc) from exc
+
+    async def _timed(self, call: Call) -> Any:
+        """Make `call` within `timeout_s`, errors untranslated.
+
+        Each call has a bound of its own, so work that grows with the store, which
+        `RedisCore` makes a call per page, gets a whole bound per page. The call's
+        function runs here, on a ready client, not as the operation yields it: a
+        SCAN page takes a cluster's primaries from the slot map `_initialize` loads.
+        """
+        async with asyncio.timeout(self.timeout_s):
+            # One client reaches every node: the slot the call goes to is its business.
+            return await call[1](self.client)
 
     async def _initialize(self) -> None:
         # Concurrent first calls on a cluster client that has no slot map yet go to random nodes, and the
@@ -148,57 +124,6 @@ class RedisStore(RedisCore):
                 # An upgrade is not bound by one operation's timeout (each of its commands is).
                 await self._run(self._check_format(), self._timed)
                 self._ready = True
-
-    def _keys_matching(self, pattern: bytes) -> Call:
-        async def keys(client: Client) -> list[bytes]:
-            found: list[bytes] = []
-            async for page in self._scan_pages(client, pattern):
-                found += page
-            return found
-
-        return None, keys
-
-    def _unlink_matching(self, pattern: bytes, counted: bytes) -> Call:
-        async def unlink(client: Client) -> int:
-            removed = 0
-            batch: list[bytes] = []
-            async for page in self._scan_pages(client, pattern):
-                for key in page:
-                    batch.append(key)
-                    removed += key.startswith(counted)
-                    if len(batch) == UNLINK_BATCH:
-                        await client.unlink(*batch)
-                        batch = []
-                        self._progressed()
-            if batch:
-                await client.unlink(*batch)
-            return removed
-
-        return None, unlink
-
-    async def _scan_pages(self, client: Client, pattern: bytes) -> AsyncIterator[list[bytes]]:
-        """The keys matching `pattern`, a SCAN page at a time, node by node; each page that leaves more
-        restarts the call's bound (a SCAN examines `SCAN_COUNT` keys, matching or not: a large keyspace
-        is many pages, which one bound would cut short for ever)."""
-        if isinstance(client, RedisCluster):
-            for node in client.get_primaries():
-                cursor: int = 0
-                while True:
-                    # A cluster's SCAN answers per node: ({node name: cursor}, keys).
-                    reply: Any = await client.scan(cursor, match=pattern, count=SCAN_COUNT, target_nodes=node)
-                    cursor = reply[0][node.name]
-                    yield reply[1]
-                    if not cursor:
-                        break
-                    self._progressed()
-            return
-        cursor = 0
-        while True:
-            cursor, keys = await client.scan(cursor, match=pattern, count=SCAN_COUNT)
-            yield keys  # type: ignore[misc]  # bytes: the client never decodes
-            if not cursor:
-                return
-            self._progressed()
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -378,9 +303,3 @@ class RedisStore(RedisCore):
             return
         self._closed = True
         await self.client.aclose()
-
-
-def _discard(call: Awaitable[Any]) -> None:
-    # A call that will never be awaited is closed, or Python warns about it when it is collected.
-    if isinstance(call, Coroutine):
-        call.close()

@@ -8,6 +8,8 @@ function of the client to send it with, which returns the reply, or with
 redis.asyncio an awaitable of it), is sent the reply back, and returns the
 operation's result. An engine drives it (`drive` or `RedisStore._run`),
 choosing the client and bounding and translating each call at its edge.
+Work that grows with the store (a SCAN of the keyspace, an UNLINK of what it
+found) is a call per page, so an engine bounds and resends each page alone.
 Both engines thus build the same keys, run the same scripts with the same
 arguments and read the replies alike, so either reads what the other wrote.
 
@@ -60,6 +62,10 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, Final, Self, TypeVar
 
+import redis
+import redis.asyncio
+import redis.exceptions
+
 from . import _redis_scripts as lua
 from ._errors import BackendUnavailable, InvalidArgument, NotANumber, ValueTooLarge
 from ._protocol import ScanItem
@@ -78,7 +84,7 @@ from ._rules import (
     quota_exceeded,
 )
 
-__all__ = ["STORE_FORMAT", "UPGRADE_BATCH", "Call", "Op", "RedisCore", "drive"]
+__all__ = ["SCAN_COUNT", "STORE_FORMAT", "UNLINK_BATCH", "UPGRADE_BATCH", "Call", "Op", "RedisCore", "drive"]
 
 #: The layout this code writes. 1: the first release; 2: adds the tenant, bucket and quota records.
 STORE_FORMAT: Final = 2
@@ -86,6 +92,12 @@ STORE_FORMAT: Final = 2
 _OP_RECORD_MARGIN_MS: Final = 5000
 #: Index keys a first-format upgrade counts (ZCARD) and records (SADD) per round trip, pipelined.
 UPGRADE_BATCH: Final = 1000
+#: Keys a SCAN examines per round trip (matching or not: a large keyspace is many pages), and an UNLINK removes
+#: at once.
+SCAN_COUNT: Final = 1000
+UNLINK_BATCH: Final = 500
+#: The clients of a cluster, either engine's: their SCAN goes to one node at a time.
+_CLUSTER_CLIENTS: Final = (redis.RedisCluster, redis.asyncio.RedisCluster)
 
 T = TypeVar("T")
 #: One call to Redis: the key whose slot it goes to (None: any node, or all), and a function of the
@@ -114,9 +126,9 @@ class RedisCore:
     """The state and the operations of a Redis engine, with no I/O: see the module's docstring.
 
     A subclass sets `scripts` (registered on its client) before it drives an
-    operation, and provides the two calls that iterate a SCAN
-    (`_keys_matching`, `_unlink_matching`). Operations whose work grows with
-    the store report each page of it done through `_progressed`.
+    operation. Operations whose work grows with the store (a SCAN of the
+    keyspace, an upgrade's batches, a sweep) make a call per page of it, and
+    report each page done through `_progressed`.
 
     Raises:
         InvalidArgument: if `timeout_s` is out of range or `key_prefix` is not a valid name.
@@ -190,18 +202,44 @@ class RedisCore:
     def _format_key(self) -> bytes:
         return f"{self.key_prefix}:format".encode()
 
-    # -- SCANs: how a client iterates them is the engine's ----------------------------------------
+    # -- work that grows with the store: a call per page -----------------------------------------
 
     def _progressed(self) -> None:
-        """A page of work that grows with the store is done (see `kv._redis_sync`); by default, nothing to do."""
+        """A page of work that grows with the store is done, and more follows.
 
-    def _keys_matching(self, pattern: bytes) -> Call:
-        """A call that returns every key matching `pattern`, on every node."""
-        raise NotImplementedError
+        The blocking engine restarts the deadline its store call shares (see
+        `kv._redis_sync`); by default nothing: an engine that bounds each call on
+        its own (`kv._redis`) already gives every page a whole bound.
+        """
 
-    def _unlink_matching(self, pattern: bytes, counted: bytes) -> Call:
-        """A call that unlinks every key matching `pattern` (in batches) and returns how many start with `counted`."""
-        raise NotImplementedError
+    def _keys_matching(self, pattern: bytes) -> Op[list[bytes]]:
+        """Every key matching `pattern`, on every node: a call per SCAN page."""
+        walk = _ScanWalk(pattern, self._progressed, self.where)
+        found: list[bytes] = []
+        while not walk.done:
+            found += yield from walk.page()
+        return found
+
+    def _unlink_matching(self, pattern: bytes, counted: bytes) -> Op[int]:
+        """Unlink every key matching `pattern`, `UNLINK_BATCH` per call, as a SCAN finds them; how many start with
+        `counted`.
+
+        The batches are multi-key UNLINKs: the keys must share a cluster slot (a tenant's do).
+        """
+        walk = _ScanWalk(pattern, self._progressed, self.where)
+        removed = 0
+        batch: list[bytes] = []
+        while not walk.done:
+            for key in (yield from walk.page()):
+                batch.append(key)
+                removed += key.startswith(counted)
+                if len(batch) == UNLINK_BATCH:
+                    yield _command("unlink", *batch)
+                    batch = []
+                    self._progressed()
+        if batch:
+            yield _command("unlink", *batch)
+        return removed
 
     # -- the store format ------------------------------------------------------------------------
 
@@ -220,7 +258,7 @@ class RedisCore:
             return
         # No format key: a new store, or one of the first format, which kept no sets of tenants and
         # buckets. Build them from the tenants' index keys; an empty store costs one SCAN that finds nothing.
-        index_keys = [bytes(key) for key in (yield self._keys_matching(f"{self.key_prefix}:{{*}}:i:*".encode()))]
+        index_keys = [bytes(key) for key in (yield from self._keys_matching(f"{self.key_prefix}:{{*}}:i:*".encode()))]
         # A batch of keys per round trip, not a round trip per key: a store of many buckets upgrades in
         # as many round trips as it has batches.
         for start in range(0, len(index_keys), UPGRADE_BATCH):
@@ -327,7 +365,7 @@ class RedisCore:
         # Not atomic: a write the tenant makes meanwhile may survive it. All the tenant's keys share
         # one slot, so each batch is one multi-key UNLINK.
         base = self._base(tenant)
-        removed: int = yield self._unlink_matching(base + b"*", base + b"d:")
+        removed = yield from self._unlink_matching(base + b"*", base + b"d:")
         yield _command("srem", self._tenants_key(), tenant)
         self._known_tenants.discard(tenant)
         with self._ttl_lock:
@@ -419,6 +457,77 @@ class RedisCore:
                 break
             self._progressed()
         return removed
+
+
+class _ScanWalk:
+    """A SCAN of the keys matching a pattern, walked a page (a call) at a time: node by node on a cluster.
+
+    Each page is a call of its own, so an engine bounds, and resends, each page
+    alone: a page resent after a dropped connection goes again from its own
+    cursor, not from the first page. The walk moves on only when it reads a
+    reply. A page that leaves more pages (on this node or the next) is reported
+    to `progressed`.
+
+    The nodes are taken from the client by the first page's call, not as the
+    walk is made: an operation runs up to its first call before the engine has
+    its client ready (`RedisSyncStore` builds its client then, `RedisStore`
+    loads a cluster's slot map). They are kept for the rest of the walk: a
+    cursor is one node's, and a resent page must go to the node it pages.
+    """
+
+    def __init__(self, pattern: bytes, progressed: Callable[[], None], where: str) -> None:
+        self.pattern = pattern
+        self._progressed = progressed
+        self._where = where
+        # A cluster's primaries, or [None] on one node (no target); None until the first page's call.
+        self._nodes: list[Any] | None = None
+        self._node = 0  # the index in `_nodes` of the node being scanned
+        self._cursor = 0
+
+    @property
+    def done(self) -> bool:
+        """Whether the SCAN of every node has come back to cursor 0."""
+        return self._nodes is not None and self._node == len(self._nodes)
+
+    def page(self) -> Op[list[bytes]]:
+        """The next page's keys (one call); the walk then stands past it."""
+        reply = yield None, self._scan
+        assert self._nodes is not None  # taken by the call just made
+        node = self._nodes[self._node]
+        # One node's SCAN answers (cursor, keys); a cluster's, of one node, ({node name: cursor}, keys). The
+        # driver checks neither shape: a server that is not Redis must fail the call in one line, not with
+        # a TypeError from here, nor page for ever.
+        try:
+            cursor = reply[0] if node is None else reply[0][node.name]
+            keys: list[bytes] = reply[1]  # bytes: the clients never decode
+            readable = (
+                type(cursor) is int and cursor >= 0 and type(keys) is list and all(type(k) is bytes for k in keys)
+            )
+        except (TypeError, KeyError, IndexError):
+            readable = False
+        if not readable:
+            raise BackendUnavailable(f"{self._where} answered a SCAN in a way that cannot be read: {reply!r:.200}")
+        if cursor:
+            self._cursor = cursor
+        else:
+            self._node += 1
+            self._cursor = 0
+        if not self.done:
+            self._progressed()
+        return keys
+
+    def _scan(self, client: Any) -> Any:
+        """The current page's SCAN on `client`: the reply, or (redis.asyncio) an awaitable of it."""
+        if self._nodes is None:
+            # Through the cluster client, node by node, which refreshes its map if a node fails meanwhile.
+            self._nodes = list(client.get_primaries()) if isinstance(client, _CLUSTER_CLIENTS) else [None]
+            if not self._nodes:
+                # Scanning no node would find no keys, and an upgrade would record an empty store as done.
+                raise redis.exceptions.RedisClusterException("the cluster client knows no primary node to scan")
+        node = self._nodes[self._node]
+        if node is None:
+            return client.scan(self._cursor, match=self.pattern, count=SCAN_COUNT)
+        return client.scan(self._cursor, match=self.pattern, count=SCAN_COUNT, target_nodes=node)
 
 
 def _command(name: str, key: bytes, *args: Any) -> Call:

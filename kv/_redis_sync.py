@@ -27,14 +27,17 @@ store, deleting a tenant, sweeping. The deadline restarts each time such a call
 completes a page of it (a SCAN page that leaves more to scan, a batch of
 index keys or of unlinked keys, a tenant swept), so a healthy server completes
 any amount of it, and a slow or silent one fails it within `timeout_s` of the
-last page.
+last page. Each page is a round trip of its own: one that failed is resent
+alone (a SCAN page from its own cursor), within the deadline as the page
+found it, so a server that keeps failing a page without completing one fails
+the call by then.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Final, Self, TypeVar
 
 import redis
@@ -55,12 +58,11 @@ _REDIRECTIONS: Final = (redis.exceptions.MovedError, redis.exceptions.AskError, 
 #: What the driver raises on a reply of a shape it does not expect, outside its own errors.
 _UNREADABLE: Final = (AttributeError, TypeError, IndexError, KeyError)
 
-#: Keys a SCAN asks for per round trip, and an UNLINK removes at once.
-SCAN_COUNT: Final = 1000
-UNLINK_BATCH: Final = 500
 #: The pause before the first resend of a call; each later one doubles it, up to `_RETRY_PAUSE_MAX_S`.
 _RETRY_PAUSE_S: Final = 0.01
 _RETRY_PAUSE_MAX_S: Final = 0.2
+#: How often a call waiting for another's first call (`_initialize`) looks whether that one failed.
+_INIT_POLL_S: Final = 0.02
 
 T = TypeVar("T")
 
@@ -130,9 +132,9 @@ class RedisSyncStore(RedisCore):
         # the node failed, calls go through the cluster client, which refreshes its map on such errors,
         # until one succeeds: during a failover the store behaves as the cluster client alone would.
         cluster = client if self._direct and isinstance(client, redis.RedisCluster) else None
-        # A resend must fit before the deadline as the call found it: a paged call (an upgrade's SCAN)
-        # restarts the deadline page by page, and resent from its first page on a server that drops the
-        # connection every few pages, it would otherwise go on for ever.
+        # A resend must fit before the deadline as the call found it. Paged work restarts the deadline only
+        # between calls, a page each (`RedisCore._progressed`), never within one; were a call ever to restart
+        # it and then fail, resending it whole from its start could otherwise go on for ever.
         entered = deadline.at
         pause = _RETRY_PAUSE_S
         while True:
@@ -173,7 +175,13 @@ class RedisSyncStore(RedisCore):
         # and share the outcome of the attempt they waited for: each making one of its own in turn, the
         # n-th thread to call a server that stopped answering waited n bounds.
         failures = self._failures
-        with self._lock:
+        # Polled, not only blocked on: the lock is not fair, and a thread arriving after an attempt failed
+        # starts one of its own, so a thread blocked on it could wait through any number of attempts (50
+        # threads on a silent server, a 0.05 s bound: 3.6 s) before it saw the one it waited for fail.
+        while not self._lock.acquire(timeout=_INIT_POLL_S):
+            if self._failures != failures:
+                raise BackendUnavailable(self._failure)
+        try:
             if self._ready:
                 # Another thread's first call got the store ready while this one waited (an upgrade may take
                 # many bounds, each page restarting its deadline): this call's own bound starts now.
@@ -200,57 +208,8 @@ class RedisSyncStore(RedisCore):
                 self._failures += 1
                 raise
             self._ready = True
-
-    def _keys_matching(self, pattern: bytes) -> Call:
-        def keys(client: SyncClient) -> list[bytes]:
-            found: list[bytes] = []
-            for page in self._scan_pages(client, pattern):
-                found += page
-            return found
-
-        return None, keys
-
-    def _unlink_matching(self, pattern: bytes, counted: bytes) -> Call:
-        def unlink(client: SyncClient) -> int:
-            removed = 0
-            batch: list[bytes] = []
-            for page in self._scan_pages(client, pattern):
-                for key in page:
-                    batch.append(key)
-                    removed += key.startswith(counted)
-                    if len(batch) == UNLINK_BATCH:
-                        client.unlink(*batch)
-                        batch = []
-                        self._progressed()
-            if batch:
-                client.unlink(*batch)
-            return removed
-
-        return None, unlink
-
-    def _scan_pages(self, client: SyncClient, pattern: bytes) -> Iterator[list[bytes]]:
-        """The keys matching `pattern`, a SCAN page at a time, node by node; each page that leaves more restarts
-        the deadline (a SCAN examines `SCAN_COUNT` keys, matching or not: a large keyspace is many pages)."""
-        if isinstance(client, redis.RedisCluster):
-            # Through the cluster client, which refreshes its map if a node fails meanwhile.
-            for node in client.get_primaries():  # type: ignore[no-untyped-call]
-                cursor: int = 0
-                while True:
-                    # A cluster's SCAN answers per node: ({node name: cursor}, keys).
-                    reply: Any = client.scan(cursor, match=pattern, count=SCAN_COUNT, target_nodes=node)
-                    cursor = reply[0][node.name]
-                    yield reply[1]
-                    if not cursor:
-                        break
-                    self._progressed()
-            return
-        cursor = 0
-        while True:
-            cursor, keys = client.scan(cursor, match=pattern, count=SCAN_COUNT)
-            yield keys  # type: ignore[misc]  # bytes: the client never decodes
-            if not cursor:
-                return
-            self._progressed()
+        finally:
+            self._lock.release()
 
     # -- the operations: each runs one of `RedisCore`'s ------------------------------------------
 

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import _servers
 import pytest
@@ -184,7 +185,7 @@ def engine(store: kv.KvStore) -> kv.Store:
 
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, and a certificate for 127.0.0.1 signed by it (`_servers.make_tls_files`)."""
+    """A CA, and a certificate for 127.0.0.1 and tls.wasmkv.test signed by it (`_servers.make_tls_files`)."""
     return _servers.make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
@@ -196,3 +197,19 @@ def tls_server(tls_files: Path) -> Iterator[_servers.RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def fake() -> Iterator[Callable[[Callable[[list[bytes], int], bytes | None]], Any]]:
+    """Starts fake Redis servers (`test_redis_sync_attacks.FakeRedis`) that answer as the test says; closed after."""
+    from test_redis_sync_attacks import FakeRedis  # noqa: PLC0415  # a test module's: imported only where used
+
+    servers: list[FakeRedis] = []
+
+    def start(answer: Callable[[list[bytes], int], bytes | None]) -> FakeRedis:
+        servers.append(FakeRedis(answer))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

@@ -13,7 +13,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -33,20 +33,6 @@ TIMEOUT_S = 0.4
 SLACK_S = 0.5
 
 Answer = Callable[[list[bytes], int], bytes | None]
-
-
-@pytest.fixture
-def fake() -> Iterator[Callable[[Answer], FakeRedis]]:
-    """Starts `FakeRedis` servers (as test_redis_sync_attacks' fixture), closed after the test."""
-    servers: list[FakeRedis] = []
-
-    def start(answer: Answer) -> FakeRedis:
-        servers.append(FakeRedis(answer))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 def _echo_server(delays: Callable[[bytes], float | Trickle]) -> Answer:
@@ -477,38 +463,4 @@ def test_the_async_engine_fails_a_scan_that_goes_silent_within_the_bound_of_its_
     assert elapsed < 4 * TIMEOUT_S / 4 + 1.5 * TIMEOUT_S + SLACK_S, elapsed
 
 
-# -- resends of a paged call ------------------------------------------------------------------------------
-
-
-def test_a_server_that_drops_the_connection_every_few_scan_pages_fails_a_first_call_in_bounded_time(fake) -> None:  # type: ignore[no-untyped-def]
-    timeout_s = 1.0
-    scans: dict[int, int] = {}
-
-    def answer(command: list[bytes], connection: int) -> bytes | None:
-        if (handshake := _handshake(command)) is not None:
-            return handshake
-        name = command[0].upper()
-        if name == b"GET":
-            return b"_\r\n"  # no format record: the first call upgrades, SCANning the whole keyspace
-        if name == b"SCAN":
-            scans[connection] = scans.get(connection, 0) + 1
-            if scans[connection] > 3:
-                raise OSError("hang up")  # the fake's serving loop closes the connection
-            cursor = b"%d" % ((int(command[1]) + 1) % 6)  # six pages, each prompt
-            return b"*2\r\n$%d\r\n%s\r\n*0\r\n" % (len(cursor), cursor)
-        return b"+OK\r\n" if name == b"SET" else None
-
-    server = fake(answer)
-    store = RedisSyncStore.from_url(server.url, timeout_s=timeout_s)
-    outcome: list[tuple[float, BaseException | None]] = []
-    worker = threading.Thread(target=lambda: outcome.append(_timed(lambda: store.get(ACME, b"k"))), daemon=True)
-    worker.start()
-    worker.join(3 * timeout_s + SLACK_S)
-    hung = worker.is_alive()
-    # Refused connections make no pages: the call's deadline then passes and it ends (then close() can
-    # take the lock the first call holds).
-    server.close()
-    worker.join(10)
-    store.close()
-    assert not hung, f"still resending after {3 * timeout_s + SLACK_S} s, {server.connections} connections"
-    assert outcome and isinstance(outcome[0][1], kv.BackendUnavailable), outcome
+# Resends of a paged call: see test_redis_scan_pager.py (a page is resent alone, from its own cursor).
