@@ -152,7 +152,11 @@ _LOCAL_OPTIONS: Final[Mapping[str, Option]] = {
 
 _REDIS_OPTIONS: Final[Mapping[str, Option]] = {
     "password": Option(str, "the Redis password (else the URL's, else $WASMKV_REDIS_PASSWORD); keep it out of argv"),
-    "tls_ca_file": Option(str, "a PEM file of the CAs to trust for rediss:// (default: the system's)"),
+    "tls_ca_file": Option(
+        str,
+        "a PEM file of the CAs to trust for rediss:// (default: the system's); the server's certificate must "
+        "also name the host dialled",
+    ),
     "timeout_s": Option(
         float, "the most one operation may take, retries across a failover included", _positive, DEFAULT_REDIS_TIMEOUT_S
     ),

@@ -11,9 +11,12 @@ round trips it makes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import math
+import os
 import socket
 import threading
 import time
@@ -31,7 +34,7 @@ import redis.exceptions
 import redis.retry
 
 from ._errors import BackendUnavailable, InvalidArgument
-from ._rules import shown_url
+from ._rules import scrubbed, shown_url
 
 __all__ = [
     "DRIVER_ERRORS",
@@ -138,21 +141,93 @@ class _DeadlineSocket:
         return getattr(self._sock, name)
 
 
+#: The most host name lookups in flight at once, over every name: a resolver that hangs costs at most this
+#: many threads, however many names calls (or a cluster's redirections) bring up.
+MAX_LOOKUPS: Final = 64
+#: A name's newest lookup older than this gets a fresh one beside it, so a query the resolver lost does not
+#: hold every call for its whole retry (seconds); at most `_MAX_LOOKUPS_PER_NAME` of a name run at once.
+_FRESH_S: Final = 1.0
+_MAX_LOOKUPS_PER_NAME: Final = 4
+
+
 class _Lookup:
     """One host name's resolution, running on a thread of its own; callers wait for it each by their deadline."""
 
-    __slots__ = ("addresses", "done", "error")
+    __slots__ = ("addresses", "done", "error", "started", "waiters")
 
     def __init__(self) -> None:
+        self.started = time.monotonic()
         self.done = threading.Event()
         self.addresses: list[Any] = []
         self.error: OSError | None = None
+        #: Called on the lookup's thread once it is done (an asyncio caller's wake-up); guarded by `_lookups_lock`.
+        self.waiters: list[Callable[[], None]] = []
+
+    def outcome(self) -> list[Any]:
+        """The addresses found.
+
+        Raises:
+            OSError: a copy of the lookup's failure (one exception object is not raised on several threads).
+        """
+        if self.error is not None:
+            raise type(self.error)(*self.error.args)
+        return self.addresses
 
 
-#: The resolutions running now, by (host, port, family): a caller joins one of the same name rather than start
-#: its own, so a resolver that hangs costs one thread per name, however many calls wait for it.
-_lookups: Final[dict[tuple[str, int, int], _Lookup]] = {}
-_lookups_lock: Final = threading.Lock()
+#: The lookups running now, by (host, port, family), oldest first: a caller joins the newest of its name
+#: rather than start its own, so a resolver that hangs costs a few threads per name, however many calls wait.
+_lookups: Final[dict[tuple[str, int, int], list[_Lookup]]] = {}
+_lookups_lock = threading.Lock()
+
+
+def _forget_lookups() -> None:
+    # A forked child has none of its parent's threads: their lookups would never end there (nor a lock a
+    # thread held at the fork be released).
+    global _lookups_lock
+    _lookups_lock = threading.Lock()
+    _lookups.clear()
+
+
+os.register_at_fork(after_in_child=_forget_lookups)
+
+
+def _numeric(host: str, port: int, family: int) -> list[Any] | None:
+    """The address `host` is, read without a lookup; None if it is a name."""
+    try:
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError):
+        return None
+
+
+def _lookup_of(host: str, port: int, family: int) -> _Lookup:
+    """The newest lookup of `host` in flight, or a new one if there is none or it is no longer fresh.
+
+    Raises:
+        OSError: if `MAX_LOOKUPS` are in flight, or no thread can be started.
+    """
+    key = (host, port, family)
+    with _lookups_lock:
+        running = _lookups.get(key)
+        if running and (time.monotonic() - running[-1].started < _FRESH_S or len(running) >= _MAX_LOOKUPS_PER_NAME):
+            return running[-1]
+        if sum(map(len, _lookups.values())) >= MAX_LOOKUPS:
+            raise OSError(
+                f"cannot resolve {host!r}: {MAX_LOOKUPS} host name lookups are waiting for the resolver already "
+                "(the most at once): check that DNS answers"
+            )
+        lookup = _Lookup()
+        running = _lookups.setdefault(key, [])
+        running.append(lookup)
+        try:
+            threading.Thread(
+                target=_look_up, args=(key, lookup), name=f"wasmkv-resolve-{host}:{port}", daemon=True
+            ).start()
+        except RuntimeError as exc:  # no thread to be had (a process at its limits): no lookup either
+            running.remove(lookup)
+            if not running:
+                del _lookups[key]
+            raise OSError(f"cannot start a thread to resolve {host!r}: {exc}") from None
+    return lookup
 
 
 def _resolve(host: str, port: int, family: int) -> list[Any]:
@@ -167,26 +242,53 @@ def _resolve(host: str, port: int, family: int) -> list[Any]:
 
     Raises:
         TimeoutError: if the name is not resolved by the deadline.
-        OSError: as `socket.getaddrinfo` (socket.gaierror) for a name that does not resolve.
+        OSError: as `socket.getaddrinfo` (socket.gaierror) for a name that does not resolve; see `_lookup_of`.
     """
-    try:
-        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
-    except (socket.gaierror, UnicodeError):
-        pass  # not an address: a name
-    key = (host, port, family)
-    with _lookups_lock:
-        lookup = _lookups.get(key)
-        if lookup is None:
-            lookup = _lookups[key] = _Lookup()
-            threading.Thread(
-                target=_look_up, args=(key, lookup), name=f"wasmkv-resolve-{host}:{port}", daemon=True
-            ).start()
+    addresses = _numeric(host, port, family)
+    if addresses is not None:
+        return addresses
+    lookup = _lookup_of(host, port, family)
     left = deadline.at - time.monotonic()
     if not lookup.done.wait(None if left == math.inf else max(left, 0)):
         raise TimeoutError(f"resolving {host!r} did not finish by the store call's deadline")
-    if lookup.error is not None:
-        raise lookup.error
-    return lookup.addresses
+    return lookup.outcome()
+
+
+async def _resolve_async(host: str, port: int) -> list[Any]:
+    """As `_resolve`, for a coroutine: it waits on its loop, until its caller's timeout cancels it.
+
+    Not on asyncio's default executor (`loop.getaddrinfo`): a resolver that
+    hangs would hold that executor's few threads (min(32, CPUs + 4)), and with
+    them every `asyncio.to_thread` of the application, for the system's DNS
+    timeouts.
+    """
+    addresses = _numeric(host, port, 0)
+    if addresses is not None:
+        return addresses
+    lookup = _lookup_of(host, port, 0)
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not woken.done():  # else cancelled meanwhile
+            woken.set_result(None)
+
+    def wake() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(settle)
+
+    with _lookups_lock:
+        waiting = not lookup.done.is_set()
+        if waiting:
+            lookup.waiters.append(wake)
+    if waiting:
+        try:
+            await woken
+        finally:
+            if not woken.done():  # cancelled (the caller's timeout): the lookup goes on without this waiter
+                with _lookups_lock, contextlib.suppress(ValueError):
+                    lookup.waiters.remove(wake)
+    return lookup.outcome()
 
 
 def _look_up(key: tuple[str, int, int], lookup: _Lookup) -> None:
@@ -195,12 +297,21 @@ def _look_up(key: tuple[str, int, int], lookup: _Lookup) -> None:
         lookup.addresses = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
     except OSError as exc:
         lookup.error = exc
-    except Exception as exc:  # a name no resolver takes (an embedded NUL, too long to encode...)
-        lookup.error = OSError(f"cannot resolve {host!r}: {exc}")
+    # A name no resolver takes (an embedded NUL, too long to encode...), or an interrupt meant for another
+    # thread: either way this lookup failed, and a helper thread has no one to hand an interrupt to.
+    except BaseException as exc:
+        lookup.error = OSError(f"cannot resolve {host!r}: {type(exc).__name__}: {exc}")
     finally:
         with _lookups_lock:
-            del _lookups[key]  # the next connection resolves afresh
-        lookup.done.set()
+            running = _lookups.get(key)
+            if running is not None and lookup in running:  # else forgotten at a fork
+                running.remove(lookup)
+                if not running:
+                    del _lookups[key]  # the next connection resolves afresh
+            lookup.done.set()
+            waiters, lookup.waiters = lookup.waiters, []
+        for wake in waiters:
+            wake()
 
 
 def _time_left(timeout: float | None) -> float:
@@ -269,6 +380,49 @@ class _DeadlineSSLConnection(_DeadlineConnectionMixin, redis.connection.SSLConne
     """A TLS connection whose waits end by the calling store call's deadline."""
 
 
+class _ResolvingAsyncMixin:
+    """Resolves a redis.asyncio connection's host by `_resolve_async` (not asyncio's executor), then connects to
+    each of its addresses in turn, as asyncio would have."""
+
+    host: str
+    port: int
+    #: The address being tried; None: the host as it is (an address already, or between connects).
+    _address: str | None = None
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        arguments = dict(super()._connection_arguments())  # type: ignore[misc]
+        if self._address is not None:
+            arguments["host"] = self._address
+            if arguments.get("ssl"):
+                arguments["server_hostname"] = self.host  # the certificate names the host, not its address
+        return arguments
+
+    async def _connect(self) -> None:
+        if _numeric(self.host, self.port, 0) is not None:
+            await super()._connect()  # type: ignore[misc]  # asyncio reads an address without a lookup
+            return
+        failure: OSError | None = None
+        # Each address once (a name's lookup lists one per socket type asked for), in the resolver's order.
+        for address in dict.fromkeys(str(info[4][0]) for info in await _resolve_async(self.host, self.port)):
+            self._address = address
+            try:
+                await super()._connect()  # type: ignore[misc]
+                return
+            except OSError as exc:  # refused, unreachable, timed out: the next address, within the call's bound
+                failure = exc
+            finally:
+                self._address = None
+        raise failure or OSError(f"{self.host!r} resolved to no address")
+
+
+class _ResolvingAsyncConnection(_ResolvingAsyncMixin, redis.asyncio.Connection):
+    """A redis.asyncio TCP connection that resolves its host off asyncio's executor."""
+
+
+class _ResolvingAsyncSSLConnection(_ResolvingAsyncMixin, redis.asyncio.SSLConnection):
+    """A redis.asyncio TLS connection that resolves its host off asyncio's executor."""
+
+
 #: What the connections of a cluster's nodes take of `Target.options` (the rest is the cluster client's).
 _CLUSTER_ONLY_OPTIONS: Final = frozenset({"require_full_coverage", "ssl"})
 
@@ -288,8 +442,9 @@ def check_timeout(timeout_s: object) -> float:
 class Target:
     """A checked Redis URL, with how to reach it; opens either kind of client, neither connecting yet."""
 
-    #: The URL of one node (`redis://`, `rediss://`), or None for a cluster.
-    node_url: str | None
+    #: The URL of one node (`redis://`, `rediss://`), or None for a cluster. Not in the repr: it may hold a
+    #: password.
+    node_url: str | None = dataclasses.field(repr=False)
     #: A cluster's startup nodes (host, port); empty for one node.
     cluster_nodes: tuple[tuple[str, int], ...]
     #: Where it points, for messages ("Redis Cluster at 127.0.0.1:7000").
@@ -300,11 +455,22 @@ class Target:
     def open_async(self) -> Client:
         """A redis.asyncio client; it connects on first use."""
         if self.node_url is not None:
-            return redis.asyncio.Redis.from_url(self.node_url, **self.options)
-        return redis.asyncio.RedisCluster(
+            tls = urlsplit(self.node_url).scheme.lower() == "rediss"
+            connection_class = _ResolvingAsyncSSLConnection if tls else _ResolvingAsyncConnection
+            return redis.asyncio.Redis.from_url(self.node_url, connection_class=connection_class, **self.options)
+        client = redis.asyncio.RedisCluster(
             startup_nodes=[redis.asyncio.cluster.ClusterNode(host, port) for host, port in self.cluster_nodes],
             **self.options,
         )
+        # The cluster client takes no connection class: it picks redis-py's own. Its nodes' connections are
+        # made from the options it keeps (the startup nodes' already, the nodes it learns later from this
+        # dict, which its node manager shares), so both are given ours; a test holds every node to it, on
+        # the oldest redis-py we take and the newest.
+        connection_class = _ResolvingAsyncSSLConnection if self.options.get("ssl") else _ResolvingAsyncConnection
+        client.connection_kwargs["connection_class"] = connection_class
+        for node in client.nodes_manager.startup_nodes.values():
+            node.connection_class = connection_class
+        return client
 
     def open_sync(self) -> SyncClient:
         """A blocking redis-py client, which makes no retry of its own (`RedisSyncStore` retries within its bound).
@@ -352,15 +518,26 @@ def connect(
 
     `redis://[user:password@]host:port[/db]` and `redis+cluster://host:port[,host:port...]`;
     `rediss://` and `rediss+cluster://` are the same over TLS, checking the
-    server's certificate against `tls_ca_file` (default: the system's CAs).
-    `password` is used when the URL carries none.
+    server's certificate, and that it names the host, against `tls_ca_file`
+    (default: the system's CAs). `password` is used when the URL carries none.
 
     Raises:
-        InvalidArgument: if the URL is malformed or not a Redis URL.
+        InvalidArgument: if the URL is malformed or not a Redis URL; the message shows no part of a password.
     """
+    try:
+        return _target(url, timeout_s, max_connections, password, tls_ca_file)
+    except InvalidArgument as exc:
+        # A parser's words may quote what it took for a port or a host: part of a password with a raw `/`.
+        raise InvalidArgument(scrubbed(str(exc), url)) from None
+
+
+def _target(url: str, timeout_s: float, max_connections: int, password: str | None, tls_ca_file: str | None) -> Target:
     # The driver gives up on one socket well inside our per-operation bound, so it can retry once.
     socket_timeout = timeout_s / 2
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # characters no URL may hold (NFKC-normalized '@' or ':' in the user part...)
+        raise InvalidArgument(f"malformed Redis URL {shown_url(url)!r}: {exc}") from None
     scheme = parts.scheme.lower()
     tls = scheme.startswith("rediss")
     options: dict[str, Any] = {
@@ -368,12 +545,15 @@ def connect(
         "socket_connect_timeout": socket_timeout,
         "max_connections": max_connections,
         **({"ssl_ca_certs": tls_ca_file} if tls and tls_ca_file else {}),
+        # The certificate must name the host dialled, not merely chain to a trusted CA: redis-py's default
+        # until 6 was not to check (any certificate a public CA signs for any name would do).
+        **({"ssl_check_hostname": True} if tls else {}),
     }
     try:
         if scheme in ("redis", "rediss"):
             redis.connection.parse_url(url)  # type: ignore[no-untyped-call]  # what both clients' `from_url` do: a malformed URL fails here
             options["password"] = None if parts.password else password
-            _check_host(url, parts.hostname or "")
+            _check_host(url, unquote(parts.hostname or ""))  # as redis-py takes it
             return Target(url, (), f"Redis at {parts.hostname}:{parts.port or 6379}", options)
         if scheme in ("redis+cluster", "rediss+cluster"):
             addresses = parts.netloc.rpartition("@")[2].split(",")
@@ -466,7 +646,7 @@ def _parse_node(url: str, address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidArgument(f"malformed Redis Cluster URL {shown_url(url)!r}: expected host:port, got {address!r}")
-    host = host.strip("[]")
+    host = unquote(host.strip("[]"))  # as a node URL's host is taken
     _check_host(url, host)
     return host, int(port)
 

@@ -13,6 +13,7 @@ import math
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -339,22 +340,64 @@ def check_ttl_ms(ttl_ms: object) -> int:
     return ttl_ms
 
 
-_PASSWORD_OPTION = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+def _url_secrets(url: str) -> tuple[str, list[str]]:
+    """`url` with its password hidden, and every text that may be (part of) that password, longest first.
+
+    The user part is taken to end at the URL's last `@` (a password with a raw
+    `/`, `?` or `#` is then hidden whole, at the cost of hiding more than it when
+    a later part holds an `@`), and also as a URL parser reads it: what it takes
+    for a password, or for a port that is no number (a raw `/` cut the password
+    short). A `password` option (its name percent-decoded, any case) hides all
+    that follows its `=`: a raw `&` or `#` in the value is not taken for its end.
+    """
+    secrets: list[str] = []
+    scheme, sep, rest = url.partition(":")
+    slashes = len(rest) - len(rest.lstrip("/"))
+    lead, rest = rest[:slashes], rest[slashes:]
+    user, at, after = rest.rpartition("@")
+    if at and ":" in user:
+        secrets.append(user.partition(":")[2])
+        rest = f"{user.partition(':')[0]}:***@{after}"
+    query_at = rest.find("?")
+    if query_at >= 0:
+        offset = query_at + 1
+        for option in rest[offset:].split("&"):
+            name, equals, _ = option.partition("=")
+            if equals and urllib.parse.unquote_plus(name).strip().lower() == "password":
+                secrets.append(rest[offset + len(name) + 1 :])
+                rest = rest[: offset + len(name) + 1] + "***"
+                break
+            offset += len(option) + 1
+    authority = url.partition("://")[2].split("/")[0].split("?")[0].split("#")[0].rpartition("@")
+    host_port = authority[2]
+    credentials = authority[0]
+    if credentials:
+        secrets.append(credentials.partition(":")[2])
+    port = host_port.rpartition(":")[2] if ":" in host_port and not host_port.endswith("]") else ""
+    if port and not port.isdigit():
+        secrets.append(port)
+    return f"{scheme}{sep}{lead}{rest}", sorted({s for s in secrets if s}, key=len, reverse=True)
 
 
 def shown_url(url: str) -> str:
-    """`url` as a message may show it: a password, in its user part or a `password=` option, replaced by `***`.
+    """`url` as a message may show it: its password, in its user part or a `password=` option, as `***`.
 
-    Messages reach terminals and logs; the password must not. The user part
-    ends at the URL's last `@`: a password holding a raw `/` or `?` is hidden
-    whole, at the cost of hiding more than it, should a later part hold an `@`.
+    Messages reach terminals and logs; the password must not.
     """
-    scheme, sep, rest = url.partition("://")
-    if sep:
-        user, at, after = rest.rpartition("@")
-        if at and ":" in user:
-            rest = f"{user.partition(':')[0]}:***@{after}"
-    return _PASSWORD_OPTION.sub(r"\1***", f"{scheme}{sep}{rest}")
+    return scrubbed(url, url)
+
+
+def scrubbed(text: str, url: str) -> str:
+    """`text` (a message about `url`, perhaps quoting a parser's error) with `url`, and any part of its password,
+    shown as `shown_url` shows them."""
+    shown, secrets = _url_secrets(url)
+    text = text.replace(url, shown)
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+        else:  # a short one only where it stands alone, not inside every word that holds its letters
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
+    return text
 
 
 def check_limit(limit: object) -> int:

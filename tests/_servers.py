@@ -74,7 +74,7 @@ def wait_until(what: str, check: Callable[[], bool], deadline_s: float = START_D
 
 
 def make_tls_files(directory: Path) -> Path:
-    """A private CA and a server certificate for 127.0.0.1 signed by it, made with openssl; `directory`."""
+    """A private CA and a server certificate for 127.0.0.1 (and tls.wasmkv.test) signed by it; `directory`."""
 
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
@@ -83,7 +83,8 @@ def make_tls_files(directory: Path) -> Path:
             "-days", "2", "-subj", "/CN=wasmkv test CA")  # fmt: skip
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
             "-subj", "/CN=127.0.0.1")  # fmt: skip
-    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    # And a name, which tests map to 127.0.0.1 in their own resolver: a TLS client must check the name it was given.
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:tls.wasmkv.test\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", "server.crt", "-days", "2", "-extfile", "san.cnf")  # fmt: skip
     return directory
