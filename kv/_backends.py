@@ -27,6 +27,7 @@ from ._rules import (
     DEFAULT_SWEEP_INTERVAL_S,
     Clock,
     check_name,
+    scrubbed,
     shown_url,
 )
 
@@ -245,6 +246,14 @@ def backend_for(url: str) -> tuple[Backend, str, dict[str, Any]]:
     """
     if not isinstance(url, str):
         raise InvalidArgument(f"store URL must be a str, got {type(url).__name__}")
+    try:
+        return _backend_for(url)
+    except InvalidArgument as exc:
+        # An option's message may quote its value: part of a password holding a raw `&`.
+        raise InvalidArgument(scrubbed(str(exc), url)) from None
+
+
+def _backend_for(url: str) -> tuple[Backend, str, dict[str, Any]]:
     scheme, sep, rest = url.partition(":")
     if not sep or "/" in scheme or len(scheme) == 1:  # no scheme, a relative path, or a Windows drive
         return _LMDB, url, {}

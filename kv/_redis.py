@@ -19,7 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from . import _redis_scripts as lua
 from ._errors import BackendUnavailable
 from ._protocol import ScanItem
-from ._redis_client import DRIVER_ERRORS, Client, Target, translate
+from ._redis_client import DRIVER_ERRORS, UNREADABLE, Client, Target, translate, unreadable
 from ._redis_core import Call, Op, RedisCore
 from ._rules import (
     DEFAULT_KEY_PREFIX,
@@ -100,6 +100,8 @@ class RedisStore(RedisCore):
             return await self._timed(call)
         except DRIVER_ERRORS as exc:
             raise translate(self.where, self.timeout_s, exc) from exc
+        except UNREADABLE as exc:
+            raise unreadable(self.where, exc) from exc
 
     async def _timed(self, call: Call) -> Any:
         """Make `call` within `timeout_s`, errors untranslated.

@@ -38,8 +38,10 @@ from ._rules import scrubbed, shown_url
 
 __all__ = [
     "DRIVER_ERRORS",
+    "MAX_LOOKUPS",
     "MAX_SEED_NODES",
     "RETRYABLE_ERRORS",
+    "UNREADABLE",
     "Client",
     "SyncClient",
     "Target",
@@ -47,6 +49,7 @@ __all__ = [
     "connect",
     "deadline",
     "translate",
+    "unreadable",
 ]
 
 #: A redis.asyncio client, one node or a cluster.
@@ -145,7 +148,8 @@ class _DeadlineSocket:
 #: many threads, however many names calls (or a cluster's redirections) bring up.
 MAX_LOOKUPS: Final = 64
 #: A name's newest lookup older than this gets a fresh one beside it, so a query the resolver lost does not
-#: hold every call for its whole retry (seconds); at most `_MAX_LOOKUPS_PER_NAME` of a name run at once.
+#: hold every call for its whole retry (seconds); at most `_MAX_LOOKUPS_PER_NAME` of a name run at once, and
+#: only while fewer than half of `MAX_LOOKUPS` are in flight.
 _FRESH_S: Final = 1.0
 _MAX_LOOKUPS_PER_NAME: Final = 4
 
@@ -208,9 +212,16 @@ def _lookup_of(host: str, port: int, family: int) -> _Lookup:
     key = (host, port, family)
     with _lookups_lock:
         running = _lookups.get(key)
-        if running and (time.monotonic() - running[-1].started < _FRESH_S or len(running) >= _MAX_LOOKUPS_PER_NAME):
-            return running[-1]
-        if sum(map(len, _lookups.values())) >= MAX_LOOKUPS:
+        in_flight = sum(map(len, _lookups.values()))
+        if running and (
+            time.monotonic() - running[-1].started < _FRESH_S
+            or len(running) >= _MAX_LOOKUPS_PER_NAME
+            # A second lookup of a name only within half the cap: names that hang cannot take the lookups a
+            # name resolving for the first time needs.
+            or in_flight >= MAX_LOOKUPS // 2
+        ):
+            return running[-1]  # joining one costs nothing: never refused
+        if in_flight >= MAX_LOOKUPS:
             raise OSError(
                 f"cannot resolve {host!r}: {MAX_LOOKUPS} host name lookups are waiting for the resolver already "
                 "(the most at once): check that DNS answers"
@@ -285,9 +296,10 @@ async def _resolve_async(host: str, port: int) -> list[Any]:
         try:
             await woken
         finally:
-            if not woken.done():  # cancelled (the caller's timeout): the lookup goes on without this waiter
-                with _lookups_lock, contextlib.suppress(ValueError):
-                    lookup.waiters.remove(wake)
+            # Cancelled (the caller's timeout; `woken` is cancelled with it): the lookup goes on without this
+            # waiter, which must not stay on its list (a hung name and a stream of calls: one each, for ever).
+            with _lookups_lock, contextlib.suppress(ValueError):
+                lookup.waiters.remove(wake)
     return lookup.outcome()
 
 
@@ -534,6 +546,21 @@ def connect(
 def _target(url: str, timeout_s: float, max_connections: int, password: str | None, tls_ca_file: str | None) -> Target:
     # The driver gives up on one socket well inside our per-operation bound, so it can retry once.
     socket_timeout = timeout_s / 2
+    if any(char.isspace() or not char.isprintable() for char in url):
+        # A URL parser drops some (tabs, newlines) and repr() escapes the rest: either way a message would
+        # quote a password in a form no scrubbing finds.
+        raise InvalidArgument(
+            f"malformed Redis URL {shown_url(url)!r}: it holds a space or a control character (percent-encode it)"
+        )
+    after_scheme = url.partition("://")[2]
+    authority_end = min((at for at in map(after_scheme.find, "/?#") if at >= 0), default=len(after_scheme))
+    if "@" in after_scheme[authority_end:]:
+        # A password with a raw `/`, `?` or `#`: a parser ends the user part there, takes what follows the
+        # `:` for a port (all digits: a valid one) and an empty host, and every later message quotes it.
+        raise InvalidArgument(
+            f"malformed Redis URL {shown_url(url)!r}: an '@' after its host; a password's '/', '?', '#' or '@' "
+            "must be percent-encoded (%2F, %3F, %23, %40)"
+        )
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # characters no URL may hold (NFKC-normalized '@' or ':' in the user part...)
@@ -682,6 +709,17 @@ RETRYABLE_ERRORS: Final = (
     redis.exceptions.ClusterDownError,
     redis.exceptions.SlotNotCoveredError,
 )
+
+
+#: What the driver raises on a reply of a shape it does not expect, outside its own errors: redis-py takes any
+#: reply to its HELLO for a map (AttributeError), reads a number of 5000 digits (ValueError), decodes bytes
+#: that are not UTF-8 (UnicodeDecodeError). A server that is not Redis, or a hostile one, must cost one line.
+UNREADABLE: Final = (AttributeError, TypeError, IndexError, KeyError, ValueError)
+
+
+def unreadable(where: str, exc: BaseException) -> BackendUnavailable:
+    """The `BackendUnavailable` for a reply the driver could not read (one of `UNREADABLE`)."""
+    return BackendUnavailable(f"{where} answered in a way the Redis client cannot read ({type(exc).__name__}: {exc})")
 
 
 def translate(where: str, timeout_s: float, exc: BaseException) -> BackendUnavailable:

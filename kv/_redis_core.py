@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, Final, Self, TypeVar
@@ -212,34 +213,40 @@ class RedisCore:
         its own (`kv._redis`) already gives every page a whole bound.
         """
 
-    def _keys_matching(self, pattern: bytes) -> Op[list[bytes]]:
-        """Every key matching `pattern`, on every node: a call per SCAN page."""
-        walk = _ScanWalk(pattern, self._progressed, self.where)
-        found: list[bytes] = []
-        while not walk.done:
-            found += yield from walk.page()
-        return found
+    def _unlink_within(self, base: bytes, counted: bytes) -> Op[int]:
+        """Unlink every key under `base` (a tenant's: they share a cluster slot), `UNLINK_BATCH` per call, as a
+        SCAN finds them; how many of those under `counted` there were.
 
-    def _unlink_matching(self, pattern: bytes, counted: bytes) -> Op[int]:
-        """Unlink every key matching `pattern`, `UNLINK_BATCH` per call, as a SCAN finds them; how many start with
-        `counted`.
-
-        The batches are multi-key UNLINKs: the keys must share a cluster slot (a tenant's do).
+        Only keys under `base` are unlinked, whatever the SCAN returns, and the
+        count is what the UNLINKs of `counted`'s keys say they removed: a SCAN may
+        return a key twice (while Redis rehashes), which a count of what it
+        returned would count twice.
         """
-        walk = _ScanWalk(pattern, self._progressed, self.where)
+        walk = _ScanWalk(base + b"*", self._progressed, self.where)
         removed = 0
-        batch: list[bytes] = []
+        data: list[bytes] = []
+        other: list[bytes] = []
         while not walk.done:
             for key in (yield from walk.page()):
+                if not key.startswith(base):
+                    continue  # not what the pattern matches: a server that is not Redis
+                batch = data if key.startswith(counted) else other
                 batch.append(key)
-                removed += key.startswith(counted)
                 if len(batch) == UNLINK_BATCH:
-                    yield _command("unlink", *batch)
-                    batch = []
+                    gone = yield _command("unlink", *batch)
+                    removed += self._unlinked(gone) if batch is data else 0
+                    batch.clear()
                     self._progressed()
-        if batch:
-            yield _command("unlink", *batch)
+        for batch in (data, other):
+            if batch:
+                gone = yield _command("unlink", *batch)
+                removed += self._unlinked(gone) if batch is data else 0
         return removed
+
+    def _unlinked(self, reply: object) -> int:
+        if type(reply) is not int or reply < 0:
+            raise BackendUnavailable(f"{self.where} answered an UNLINK in a way that cannot be read: {reply!r:.200}")
+        return reply
 
     # -- the store format ------------------------------------------------------------------------
 
@@ -258,21 +265,28 @@ class RedisCore:
             return
         # No format key: a new store, or one of the first format, which kept no sets of tenants and
         # buckets. Build them from the tenants' index keys; an empty store costs one SCAN that finds nothing.
-        index_keys = [bytes(key) for key in (yield from self._keys_matching(f"{self.key_prefix}:{{*}}:i:*".encode()))]
-        # A batch of keys per round trip, not a round trip per key: a store of many buckets upgrades in
-        # as many round trips as it has batches.
-        for start in range(0, len(index_keys), UPGRADE_BATCH):
-            batch = index_keys[start : start + UPGRADE_BATCH]
-            counts = yield _pipelined([("zcard", key) for key in batch])
-            records: list[tuple[Any, ...]] = []
-            for key, count in zip(batch, counts, strict=True):
-                if count:
-                    tenant, bucket = _tenant_and_bucket(key, len(self.key_prefix) + 2)
-                    records += [("sadd", self._base(tenant) + b"b", bucket), ("sadd", self._tenants_key(), tenant)]
-            if records:
-                yield _pipelined(records)
-            if start + UPGRADE_BATCH < len(index_keys):
-                self._progressed()
+        # The glob matches more than index keys (a data key may hold "}:i:", and a server that is not Redis may
+        # answer anything): only keys of an index key's exact shape are taken, tenant and bucket valid names.
+        index_key = re.compile(
+            re.escape(self.key_prefix.encode()) + rb":\{([A-Za-z0-9_-]{1,64})\}:i:([A-Za-z0-9_-]{1,64})"
+        )
+        walk = _ScanWalk(f"{self.key_prefix}:{{*}}:i:*".encode(), self._progressed, self.where)
+        while not walk.done:
+            # Page by page (memory: a page), a batch of keys per round trip, not a round trip per key: a store
+            # of many buckets upgrades in as many round trips as it has batches.
+            matched = [match for key in (yield from walk.page()) if (match := index_key.fullmatch(key))]
+            for start in range(0, len(matched), UPGRADE_BATCH):
+                batch = matched[start : start + UPGRADE_BATCH]
+                counts = yield _pipelined([("zcard", match[0]) for match in batch])
+                records: list[tuple[Any, ...]] = []
+                for match, count in zip(batch, counts, strict=True):
+                    if count:
+                        tenant, bucket = match[1].decode(), match[2]
+                        records += [("sadd", self._base(tenant) + b"b", bucket), ("sadd", self._tenants_key(), tenant)]
+                if records:
+                    yield _pipelined(records)
+                if start + UPGRADE_BATCH < len(matched):
+                    self._progressed()
         yield format_key, lambda c: c.set(format_key, str(STORE_FORMAT), nx=True)
 
     # -- reads ---------------------------------------------------------------------------------
@@ -365,7 +379,7 @@ class RedisCore:
         # Not atomic: a write the tenant makes meanwhile may survive it. All the tenant's keys share
         # one slot, so each batch is one multi-key UNLINK.
         base = self._base(tenant)
-        removed = yield from self._unlink_matching(base + b"*", base + b"d:")
+        removed = yield from self._unlink_within(base, base + b"d:")
         yield _command("srem", self._tenants_key(), tenant)
         self._known_tenants.discard(tenant)
         with self._ttl_lock:
@@ -560,9 +574,3 @@ def _raise_quota(quota: Quota, result: list[Any]) -> None:
     # The script judged these same figures, so the check raises; the line after it is a backstop.
     quota.check(Usage(keys=keys, bytes=size), add_keys, add_bytes)
     raise quota_exceeded("max_keys", quota.max_keys, keys, add_keys)
-
-
-def _tenant_and_bucket(index_key: bytes, start: int) -> tuple[str, bytes]:
-    """The tenant and bucket of an index key `P:{T}:i:B`, reading from `start` (just past `P:{`)."""
-    close = index_key.index(b"}:i:", start)
-    return index_key[start:close].decode(), index_key[close + 4 :]

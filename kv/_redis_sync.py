@@ -46,7 +46,16 @@ import redis.exceptions
 from . import _redis_scripts as lua
 from ._errors import BackendUnavailable, KvError
 from ._protocol import ScanItem
-from ._redis_client import DRIVER_ERRORS, RETRYABLE_ERRORS, SyncClient, Target, deadline, translate
+from ._redis_client import (
+    DRIVER_ERRORS,
+    RETRYABLE_ERRORS,
+    UNREADABLE,
+    SyncClient,
+    Target,
+    deadline,
+    translate,
+    unreadable,
+)
 from ._redis_core import Call, Op, RedisCore, drive
 from ._rules import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_TIMEOUT_S, KeyRange, Namespace, Quota, Usage
 
@@ -55,14 +64,9 @@ __all__ = ["RedisSyncStore"]
 #: What a node answers for a slot it does not serve (now): the cluster client knows where to go.
 _REDIRECTIONS: Final = (redis.exceptions.MovedError, redis.exceptions.AskError, redis.exceptions.TryAgainError)
 
-#: What the driver raises on a reply of a shape it does not expect, outside its own errors.
-_UNREADABLE: Final = (AttributeError, TypeError, IndexError, KeyError)
-
 #: The pause before the first resend of a call; each later one doubles it, up to `_RETRY_PAUSE_MAX_S`.
 _RETRY_PAUSE_S: Final = 0.01
 _RETRY_PAUSE_MAX_S: Final = 0.2
-#: How often a call waiting for another's first call (`_initialize`) looks whether that one failed.
-_INIT_POLL_S: Final = 0.02
 
 T = TypeVar("T")
 
@@ -89,6 +93,8 @@ class RedisSyncStore(RedisCore):
         # Built on first use: a cluster client connects as it is built.
         self.client: SyncClient | None = None
         self._lock = threading.Lock()  # held by the first call while it gets the store ready
+        # Notified (under it) as each attempt to get the store ready ends, and `_lock` is released.
+        self._settled = threading.Condition(threading.Lock())
         self._close_lock = threading.Lock()  # not that one: closing must not wait for a first call
         self._ready = False
         self._closed = False
@@ -157,13 +163,9 @@ class RedisSyncStore(RedisCore):
                     if isinstance(exc, RETRYABLE_ERRORS):
                         self._direct = False
                 if not isinstance(exc, DRIVER_ERRORS):
-                    if isinstance(exc, KvError) or not isinstance(exc, _UNREADABLE):
+                    if isinstance(exc, KvError) or not isinstance(exc, UNREADABLE):
                         raise
-                    # redis-py takes any reply to its HELLO for a map: a server that is not Redis (or a hostile
-                    # one) fails the handshake with an AttributeError, which must be one line, not a trap.
-                    raise BackendUnavailable(
-                        f"{self.where} answered in a way the Redis client cannot read ({type(exc).__name__}: {exc})"
-                    ) from exc
+                    raise unreadable(self.where, exc) from exc
                 left = min(entered, deadline.at) - time.monotonic()
                 if not isinstance(exc, RETRYABLE_ERRORS) or left < pause + self._socket_wait_s:
                     raise translate(self.where, self.timeout_s, exc) from exc
@@ -175,12 +177,15 @@ class RedisSyncStore(RedisCore):
         # and share the outcome of the attempt they waited for: each making one of its own in turn, the
         # n-th thread to call a server that stopped answering waited n bounds.
         failures = self._failures
-        # Polled, not only blocked on: the lock is not fair, and a thread arriving after an attempt failed
-        # starts one of its own, so a thread blocked on it could wait through any number of attempts (50
-        # threads on a silent server, a 0.05 s bound: 3.6 s) before it saw the one it waited for fail.
-        while not self._lock.acquire(timeout=_INIT_POLL_S):
-            if self._failures != failures:
-                raise BackendUnavailable(self._failure)
+        # Not only blocked on the lock: it is not fair, and a thread arriving after an attempt failed starts
+        # one of its own, so a thread blocked on it could wait through any number of attempts (50 threads on
+        # a silent server, a 0.05 s bound: 3.1-3.6 s) before it saw the one it waited for fail. Each ending
+        # attempt wakes the waiters, which see it (polling instead cost 1000 waiting threads 1.4 cores).
+        with self._settled:
+            while not self._lock.acquire(blocking=False):
+                if self._failures != failures:
+                    raise BackendUnavailable(self._failure)
+                self._settled.wait()
         try:
             if self._ready:
                 # Another thread's first call got the store ready while this one waited (an upgrade may take
@@ -209,7 +214,9 @@ class RedisSyncStore(RedisCore):
                 raise
             self._ready = True
         finally:
-            self._lock.release()
+            with self._settled:
+                self._lock.release()
+                self._settled.notify_all()
 
     # -- the operations: each runs one of `RedisCore`'s ------------------------------------------
 

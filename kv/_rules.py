@@ -376,7 +376,11 @@ def _url_secrets(url: str) -> tuple[str, list[str]]:
     port = host_port.rpartition(":")[2] if ":" in host_port and not host_port.endswith("]") else ""
     if port and not port.isdigit():
         secrets.append(port)
-    return f"{scheme}{sep}{lead}{rest}", sorted({s for s in secrets if s}, key=len, reverse=True)
+    # And each piece of them a parser may have cut off and quoted alone, and each as repr() shows it.
+    pieces = [piece for secret in secrets for piece in re.split(r"[/?#&=:@]", secret)]
+    every = {text for text in (*secrets, *pieces) if text}
+    every |= {repr(text)[1:-1] for text in every}
+    return f"{scheme}{sep}{lead}{rest}", sorted(every, key=len, reverse=True)
 
 
 def shown_url(url: str) -> str:

@@ -146,6 +146,40 @@ def test_lookups_in_flight_are_capped_over_every_name_and_a_call_past_the_cap_fa
     assert _redis_client._lookups == {}
 
 
+def test_names_that_hang_leave_lookups_for_a_new_name_and_a_hung_name_is_joined_not_refused(
+    names: _Names, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Names that hang, each called again and again: fresh lookups beside their stale ones took every lookup
+    # of the cap, and a healthy store on another name then failed, as did one more call on a hung name.
+    monkeypatch.setattr(_redis_client, "MAX_LOOKUPS", 8)
+    monkeypatch.setattr(_redis_client, "_FRESH_S", 0.0)
+    server = _servers.single()
+    release = threading.Event()
+
+    def hang(*_: Any) -> list[Any]:
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    hung = [f"h{index}.wasmkv.test" for index in range(3)]
+    for host in hung:
+        names.answers[host] = hang
+    names.answers["healthy.wasmkv.test"] = _loopback(server.port)
+    try:
+        for _ in range(4):
+            for host in hung:
+                with RedisSyncStore.from_url(f"redis://{host}:6379", timeout_s=0.1) as store:
+                    elapsed, exc = _timed(lambda store=store: store.get(ACME, b"k"))  # type: ignore[misc]
+                    assert isinstance(exc, kv.BackendUnavailable) and "the most at once" not in str(exc), exc
+                    assert elapsed < 1.5 * 0.1 + SLACK_S, elapsed
+        # Second lookups of a name stop at half the cap: a name resolving for the first time gets one.
+        assert sum(map(len, _redis_client._lookups.values())) <= 8 // 2 + 1
+        with RedisSyncStore.from_url(f"redis://healthy.wasmkv.test:{server.port}", timeout_s=2) as store:
+            assert store.get(ACME, b"k") is None
+    finally:
+        release.set()
+    _servers.wait_until("the lookups to end", lambda: not _redis_client._lookups, 10)
+
+
 def test_a_lookup_the_resolver_lost_holds_calls_no_longer_than_a_fresh_one_takes(
     names: _Names, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -319,6 +353,19 @@ def test_a_host_no_resolver_takes_fails_a_connect_as_an_os_error_with_no_lookup_
         "redis://h:1/?pass%77ord=hunter2&nope=1",
         "redis+cluster:u:hunter2@h:1",
         "redis:/u:hunter2@h:1",
+        # Digits before a raw `/` or `#` make a valid port (and no host): every later message quoted them.
+        "redis://:4711/hunter2@redis.internal:6379",
+        "redis://user:4711#hunter2@host",
+        "redis://u:4711?hunter2@host",
+        # Characters a parser drops (tab, newline) or repr() escapes (DEL, a zero-width or no-break space).
+        "redis://u:hun\tter2@h:1",
+        "redis://u:hun\nter2@h:1",
+        "redis://u:hun\x7fter2@h:1",
+        "redis://u:hun\u200bter2@h:1",
+        "redis://u:hun\xa0ter2@h:1",
+        # A raw `&` in a password option: what follows reads as another option, quoted by its own message.
+        "redis://h:1/?password=abc&hunter2=part",
+        "redis://h:1/?password=abc&timeout_s=hunter2",
     ],
 )
 def test_a_password_in_a_refused_url_never_reaches_the_message(url: str) -> None:
@@ -328,7 +375,7 @@ def test_a_password_in_a_refused_url_never_reaches_the_message(url: str) -> None
             open_store(url)
         message = str(caught.value)
         assert "\n" not in message and "***" in message, message
-        for part in ("hunter2", "hun", "ter2", "ter?2"):
+        for part in ("hunter2", "hun", "ter2", "ter?2", "4711"):
             assert part not in message, message
 
 
@@ -408,6 +455,8 @@ def test_a_hung_resolver_never_holds_asyncios_executor_from_the_application(name
                 assert loop.time() - started < BOUND_S
             # The application's own work on the executor goes on.
             assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 5) == 42
+            # No call that gave up is left waiting on a lookup (a hung name and a stream of calls: one each).
+            assert all(not lookup.waiters for lookup in _redis_client._lookups[(name, server.port, 0)])
             # A few lookups (one more each `_FRESH_S` while they hang), never one per call.
             asked = names.asked[name]
             assert 1 <= asked <= _redis_client._MAX_LOOKUPS_PER_NAME and _resolvers(name) == asked
