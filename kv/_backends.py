@@ -286,16 +286,27 @@ def _query_options(backend: Backend, url: str, query: str) -> dict[str, Any]:
     except ValueError:
         raise InvalidArgument(f"malformed query in store URL {shown_url(url)!r}: expected name=value&...") from None
     allowed = {**backend.options, **COMMON_OPTIONS}
+    after_password = False
     for name, text in pairs:
         option = allowed.get(name)
-        if option is None:
-            takes = ", ".join(sorted(allowed))
+        try:
+            if option is None:
+                takes = ", ".join(sorted(allowed))
+                raise InvalidArgument(
+                    f"unknown option {name!r} in store URL {shown_url(url)!r} ({backend.kind} takes {takes})"
+                )
+            if name in options:
+                raise InvalidArgument(f"option {name!r} is given twice in store URL {shown_url(url)!r}")
+            options[name] = option.parse(name, text)
+        except InvalidArgument:
+            if not after_password:
+                raise
+            # What follows a password may be the rest of it, cut at a raw `&`: not to be quoted.
             raise InvalidArgument(
-                f"unknown option {name!r} in store URL {shown_url(url)!r} ({backend.kind} takes {takes})"
-            )
-        if name in options:
-            raise InvalidArgument(f"option {name!r} is given twice in store URL {shown_url(url)!r}")
-        options[name] = option.parse(name, text)
+                f"store URL {shown_url(url)!r} has an option after its password that is unknown or invalid: "
+                "if the password holds '&', percent-encode it (%26)"
+            ) from None
+        after_password = after_password or name == "password"
     return options
 
 

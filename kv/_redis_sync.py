@@ -67,6 +67,8 @@ _REDIRECTIONS: Final = (redis.exceptions.MovedError, redis.exceptions.AskError, 
 #: The pause before the first resend of a call; each later one doubles it, up to `_RETRY_PAUSE_MAX_S`.
 _RETRY_PAUSE_S: Final = 0.01
 _RETRY_PAUSE_MAX_S: Final = 0.2
+#: The longest a call waiting for another's first call sleeps between looks at its outcome.
+_SETTLED_WAIT_S: Final = 1.0
 
 T = TypeVar("T")
 
@@ -182,10 +184,17 @@ class RedisSyncStore(RedisCore):
         # a silent server, a 0.05 s bound: 3.1-3.6 s) before it saw the one it waited for fail. Each ending
         # attempt wakes the waiters, which see it (polling instead cost 1000 waiting threads 1.4 cores).
         with self._settled:
-            while not self._lock.acquire(blocking=False):
+            while not (ready := self._ready) and not self._lock.acquire(blocking=False):
                 if self._failures != failures:
                     raise BackendUnavailable(self._failure)
-                self._settled.wait()
+                # Woken as an attempt ends; the timeout is a backstop for a wake-up an interrupt swallowed.
+                self._settled.wait(_SETTLED_WAIT_S)
+        if ready:
+            # Another thread's first call got the store ready while this one waited (an upgrade may take many
+            # bounds, each page restarting its deadline): this call's own bound starts now. Not through the
+            # lock: a thousand waiters taking it in turn, each waking all the others, took seconds.
+            self._progressed()
+            return
         try:
             if self._ready:
                 # Another thread's first call got the store ready while this one waited (an upgrade may take

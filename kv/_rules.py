@@ -345,19 +345,13 @@ def _url_secrets(url: str) -> tuple[str, list[str]]:
 
     The user part is taken to end at the URL's last `@` (a password with a raw
     `/`, `?` or `#` is then hidden whole, at the cost of hiding more than it when
-    a later part holds an `@`), and also as a URL parser reads it: what it takes
-    for a password, or for a port that is no number (a raw `/` cut the password
-    short). A `password` option (its name percent-decoded, any case) hides all
-    that follows its `=`: a raw `&` or `#` in the value is not taken for its end.
+    a later part holds an `@`), and also as a URL parser reads it. A `password`
+    option (its name percent-decoded, any case) hides all that follows its `=`:
+    a raw `&` or `#` in the value is not taken for its end.
     """
     secrets: list[str] = []
     scheme, sep, rest = url.partition(":")
-    slashes = len(rest) - len(rest.lstrip("/"))
-    lead, rest = rest[:slashes], rest[slashes:]
-    user, at, after = rest.rpartition("@")
-    if at and ":" in user:
-        secrets.append(user.partition(":")[2])
-        rest = f"{user.partition(':')[0]}:***@{after}"
+    # A password option first, on the URL as it is: the user part below may reach into the query.
     query_at = rest.find("?")
     if query_at >= 0:
         offset = query_at + 1
@@ -368,17 +362,21 @@ def _url_secrets(url: str) -> tuple[str, list[str]]:
                 rest = rest[: offset + len(name) + 1] + "***"
                 break
             offset += len(option) + 1
-    authority = url.partition("://")[2].split("/")[0].split("?")[0].split("#")[0].rpartition("@")
-    host_port = authority[2]
-    credentials = authority[0]
-    if credentials:
+    slashes = len(rest) - len(rest.lstrip("/"))
+    lead, rest = rest[:slashes], rest[slashes:]
+    user, at, after = rest.rpartition("@")
+    if at and ":" in user:
+        secrets.append(user.partition(":")[2])
+        rest = f"{user.partition(':')[0]}:***@{after}"
+    # As a URL parser reads the user part: up to the first `/`, `?` or `#` (a Redis URL cut there is refused
+    # before any parser quotes it, but other messages may still quote the URL as it reads it).
+    credentials = url.partition("://")[2].split("/")[0].split("?")[0].split("#")[0].rpartition("@")[0]
+    if ":" in credentials:
         secrets.append(credentials.partition(":")[2])
-    port = host_port.rpartition(":")[2] if ":" in host_port and not host_port.endswith("]") else ""
-    if port and not port.isdigit():
-        secrets.append(port)
-    # And each piece of them a parser may have cut off and quoted alone, and each as repr() shows it.
-    pieces = [piece for secret in secrets for piece in re.split(r"[/?#&=:@]", secret)]
-    every = {text for text in (*secrets, *pieces) if text}
+    # And each as repr() shows it. (No pieces of them: a Redis URL whose password a parser could cut, with an
+    # `@` after its host or a space, is refused before any parser reads it, and an option after a password
+    # option is never quoted; hiding pieces hid common words of every message.)
+    every = {text for text in secrets if text}
     every |= {repr(text)[1:-1] for text in every}
     return f"{scheme}{sep}{lead}{rest}", sorted(every, key=len, reverse=True)
 
@@ -388,20 +386,22 @@ def shown_url(url: str) -> str:
 
     Messages reach terminals and logs; the password must not.
     """
-    return scrubbed(url, url)
+    return _url_secrets(url)[0]
 
 
 def scrubbed(text: str, url: str) -> str:
     """`text` (a message about `url`, perhaps quoting a parser's error) with `url`, and any part of its password,
     shown as `shown_url` shows them."""
     shown, secrets = _url_secrets(url)
-    text = text.replace(url, shown)
+    # The URL, shown as `shown_url` shows it, is left as it is (a password "redis" must not hide its scheme);
+    # the rest of the text is scrubbed.
+    parts = text.replace(url, shown).split(shown)
     for secret in secrets:
-        if len(secret) >= 4:
-            text = text.replace(secret, "***")
-        else:  # a short one only where it stands alone, not inside every word that holds its letters
-            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
-    return text
+        # Where it stands alone, not inside every word that holds its letters (a password "timeout" must not
+        # hide "timeout_s"); a parser quoting a password quotes it whole, between delimiters.
+        alone = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(secret)}(?![A-Za-z0-9_])")
+        parts = [alone.sub("***", part) for part in parts]
+    return shown.join(parts)
 
 
 def check_limit(limit: object) -> int:

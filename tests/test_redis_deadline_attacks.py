@@ -404,7 +404,8 @@ def test_a_cluster_url_of_more_than_64_seeds_is_refused_and_64_are_taken() -> No
 
 def _scan_pages_server(pages: int, *, silent_after: int | None, wait_s: float) -> Answer:
     """A fake Redis whose SCAN of a tenant's keys comes in `pages` pages of one key each, `wait_s` apart
-    (silent from page `silent_after` on); UNLINK and SREM answered at once."""
+    (silent from page `silent_after` on); UNLINK and SREM answered at once, and every script as the usage
+    script would (`pages` keys: the count `delete_tenant` returns)."""
 
     def answer(command: list[bytes], _: int) -> bytes | None:
         if (handshake := _handshake(command)) is not None:
@@ -422,6 +423,8 @@ def _scan_pages_server(pages: int, *, silent_after: int | None, wait_s: float) -
             return b"*2\r\n$%d\r\n%s\r\n*1\r\n$%d\r\n%s\r\n" % (len(cursor), cursor, len(key), key)
         if name in (b"UNLINK", b"SREM"):
             return b":%d\r\n" % (len(command) - 1)
+        if name in (b"EVALSHA", b"EVAL"):
+            return b"*3\r\n:0\r\n:%d\r\n:%d\r\n" % (pages, pages)
         return None
 
     return answer

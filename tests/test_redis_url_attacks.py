@@ -10,6 +10,7 @@ noisy 2-core machine): a call is held to 1.5 x timeout_s plus `SLACK_S`."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import _servers
 import pytest
@@ -377,6 +379,29 @@ def test_a_password_in_a_refused_url_never_reaches_the_message(url: str) -> None
         assert "\n" not in message and "***" in message, message
         for part in ("hunter2", "hun", "ter2", "ter?2", "4711"):
             assert part not in message, message
+
+
+@pytest.mark.parametrize("password", ["s3cret", "redis", "admin:1", "pass=0", "timeout"])
+def test_hiding_a_password_keeps_the_rest_of_the_message_readable(password: str) -> None:
+    # Hiding every piece of a password hid common words: "10.***.***.1", "store option *** ***".
+    with pytest.raises(kv.InvalidArgument) as caught:
+        kv.KvStore.from_url(f"redis://:{quote(password, safe=':=')}@10.0.0.1:6379/0?nope=1")
+    message = str(caught.value)
+    assert "10.0.0.1:6379" in message and "'nope'" in message and "timeout_s" in message, message
+    assert ":***@10.0.0.1" in message, message
+    assert not re.search(rf"(?<![A-Za-z0-9_/]){re.escape(password)}(?![A-Za-z0-9_:])", message), message
+
+
+def test_an_option_after_a_password_option_is_not_quoted_where_it_may_be_the_rest_of_the_password() -> None:
+    # A raw `&` cuts a password option: what follows reads as options of its own.
+    for url in ("redis://h:1/?password=abc&hunter2=part", "redis://h:1/?password=abc&timeout_s=hunter2"):
+        with pytest.raises(kv.InvalidArgument, match=r"after its password .* percent-encode it") as caught:
+            kv.KvStore.from_url(url)
+        assert "hunter2" not in str(caught.value) and "abc" not in str(caught.value), caught.value
+    # Before the password, an option is quoted as ever.
+    with pytest.raises(kv.InvalidArgument, match=r"timeout_s must") as caught:
+        kv.KvStore.from_url("redis://h:1/?timeout_s=soon&password=abc")
+    assert "soon" in str(caught.value) and "abc" not in str(caught.value), caught.value
 
 
 def test_a_password_the_url_parser_refuses_is_one_line_from_the_cli_with_no_traceback() -> None:
