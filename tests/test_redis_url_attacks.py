@@ -73,6 +73,16 @@ def _loopback(port: int) -> Resolver:
     return lambda *_: [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port))]
 
 
+def _hanging(release: threading.Event) -> Resolver:
+    """A lookup that waits for `release` (at most 30 s), as for a DNS server that stopped answering, then fails."""
+
+    def hang(*_: Any) -> list[Any]:
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    return hang
+
+
 def test_a_name_whose_resolution_hangs_fails_every_waiting_call_by_its_deadline_with_one_lookup(
     names: _Names,
 ) -> None:
@@ -123,11 +133,7 @@ def test_lookups_in_flight_are_capped_over_every_name_and_a_call_past_the_cap_fa
     # ones): a thread each, without a cap (2000 names: 2001 threads, +170 MB).
     monkeypatch.setattr(_redis_client, "MAX_LOOKUPS", 3)
     release = threading.Event()
-
-    def hang(*_: Any) -> list[Any]:
-        release.wait(30)
-        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-
+    hang = _hanging(release)
     hosts = [f"n{index}.wasmkv.test" for index in range(6)]
     for host in hosts:
         names.answers[host] = hang
@@ -157,11 +163,7 @@ def test_names_that_hang_leave_lookups_for_a_new_name_and_a_hung_name_is_joined_
     monkeypatch.setattr(_redis_client, "_FRESH_S", 0.0)
     server = _servers.single()
     release = threading.Event()
-
-    def hang(*_: Any) -> list[Any]:
-        release.wait(30)
-        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-
+    hang = _hanging(release)
     hung = [f"h{index}.wasmkv.test" for index in range(3)]
     for host in hung:
         names.answers[host] = hang
