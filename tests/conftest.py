@@ -32,6 +32,15 @@ def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.Comple
     )
 
 
+def start_python(code: str, *args: str) -> subprocess.Popen[str]:
+    """Start `code` (dedented) in a fresh interpreter with `args`, its stdin and stdout piped (text) to the test."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin is not None and child.stdout is not None
+    return child
+
+
 def run_and_kill(writer: str, path: Path, start: int, acks_wanted: int) -> int:
     """Start `writer` (code printing each acknowledged round's number) on `path` from round `start`, kill -9
     it after `acks_wanted` acknowledged rounds; the last acknowledged round."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import lmdb
 import pytest
-from conftest import run_python
+from conftest import run_python, start_python
 
 from wasmkv import kv
 from wasmkv.kv._lmdb_files import lock_file_bytes
@@ -337,13 +337,8 @@ def test_a_foreign_lmdb_user_with_a_smaller_reader_table_survives(tmp_path: Path
     with kv.KvStore.open(path, sweep_interval_s=None) as store:
         store.tenant("t").bucket().set("k", b"v")
     (path / "lock.mdb").unlink()  # as if only the other program had opened it since
-    foreign = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(FOREIGN_LMDB_USER), str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert foreign.stdin is not None and foreign.stdout is not None
+    foreign = start_python(FOREIGN_LMDB_USER, str(path))
+    assert foreign.stdin is not None and foreign.stdout is not None  # for the type checker
     try:
         assert foreign.stdout.readline().strip() == "open"
         with kv.KvStore.open(path, sweep_interval_s=None) as store:

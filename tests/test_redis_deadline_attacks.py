@@ -35,16 +35,23 @@ SLACK_S = 0.5
 Answer = Callable[[list[bytes], int], bytes | None]
 
 
+def _ready_store(command: list[bytes]) -> bytes | None:
+    """A fake server's answer to a connection's handshake and to the store-format check of a current store."""
+    if (handshake := _handshake(command)) is not None:
+        return handshake
+    if command[0].upper() == b"GET" and command[1].endswith(b":format"):
+        return b"+%d\r\n" % STORE_FORMAT
+    return None
+
+
 def _echo_server(delays: Callable[[bytes], float | Trickle]) -> Answer:
     """A fake server's answers: the handshake, the current store format, and for a GET of a data key its own
     name, after `delays(key)` seconds (or trickled, when that is a `Trickle` class's instance marker)."""
 
     def answer(command: list[bytes], _: int) -> bytes | None:
-        if (handshake := _handshake(command)) is not None:
-            return handshake
+        if (known := _ready_store(command)) is not None:
+            return known
         name = command[0].upper()
-        if name == b"GET" and command[1].endswith(b":format"):
-            return b"+%d\r\n" % STORE_FORMAT
         if name != b"GET":
             return None
         reply = b"$%d\r\n%s\r\n" % (len(command[1]), command[1])
@@ -217,19 +224,25 @@ class _Proxy:
             sock.close()
 
 
+def _fails_within_the_bound(proxy: _Proxy, options: str, key: str) -> None:
+    """A get of `key` through the TLS `proxy` (store URL options `options`) fails within the bound; the proxy is
+    closed after."""
+    try:
+        url = f"rediss://127.0.0.1:{proxy.port}/0?{options}"
+        with kv.KvStore.from_url(url, timeout_s=TIMEOUT_S, sweep_interval_s=None) as store:
+            elapsed, exc = _timed(lambda: store.tenant("acme").bucket().get(key))
+    finally:
+        proxy.close()
+    assert isinstance(exc, kv.BackendUnavailable), exc
+    assert elapsed < 1.5 * TIMEOUT_S + SLACK_S, elapsed
+
+
 def test_a_tls_server_that_trickles_its_handshake_fails_the_first_call_within_the_bound(
     tls_server: _servers.RedisServer, tls_files: Path
 ) -> None:
     # Each piece of the TLS handshake arrives well inside a socket's wait; together they take many bounds.
     proxy = _Proxy(tls_server.port, every_s=TIMEOUT_S / 5, chunk=64)
-    try:
-        url = f"rediss://127.0.0.1:{proxy.port}/0?tls_ca_file={tls_files / 'ca.crt'}"
-        with kv.KvStore.from_url(url, timeout_s=TIMEOUT_S, sweep_interval_s=None) as store:
-            elapsed, exc = _timed(lambda: store.tenant("acme").bucket().get("k"))
-    finally:
-        proxy.close()
-    assert isinstance(exc, kv.BackendUnavailable), exc
-    assert elapsed < 1.5 * TIMEOUT_S + SLACK_S, elapsed
+    _fails_within_the_bound(proxy, f"tls_ca_file={tls_files / 'ca.crt'}", "k")
 
 
 def test_a_tls_reply_trickled_after_a_prompt_handshake_fails_the_call_within_the_bound(
@@ -244,14 +257,7 @@ def test_a_tls_reply_trickled_after_a_prompt_handshake_fails_the_call_within_the
     ) as direct:
         direct.tenant("acme").bucket().set("big", big)
     proxy = _Proxy(tls_server.port, every_s=TIMEOUT_S / 8, chunk=4096, prompt=16_384)
-    try:
-        url = f"rediss://127.0.0.1:{proxy.port}/0?tls_ca_file={ca}&key_prefix={prefix}"
-        with kv.KvStore.from_url(url, timeout_s=TIMEOUT_S, sweep_interval_s=None) as store:
-            elapsed, exc = _timed(lambda: store.tenant("acme").bucket().get("big"))
-    finally:
-        proxy.close()
-    assert isinstance(exc, kv.BackendUnavailable), exc
-    assert elapsed < 1.5 * TIMEOUT_S + SLACK_S, elapsed
+    _fails_within_the_bound(proxy, f"tls_ca_file={ca}&key_prefix={prefix}", "big")
 
 
 def test_the_deadline_socket_hands_tls_calls_to_the_ssl_socket(
@@ -408,11 +414,9 @@ def _scan_pages_server(pages: int, *, silent_after: int | None, wait_s: float) -
     script would (`pages` keys: the count `delete_tenant` returns)."""
 
     def answer(command: list[bytes], _: int) -> bytes | None:
-        if (handshake := _handshake(command)) is not None:
-            return handshake
+        if (known := _ready_store(command)) is not None:
+            return known
         name = command[0].upper()
-        if name == b"GET" and command[1].endswith(b":format"):
-            return b"+%d\r\n" % STORE_FORMAT
         if name == b"SCAN":
             page = int(command[1])
             if silent_after is not None and page >= silent_after:

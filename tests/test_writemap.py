@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lmdb
 import pytest
-from conftest import run_and_kill, run_python
+from conftest import run_and_kill, run_python, start_python
 
 from wasmkv import kv
 from wasmkv.kv import _lmdb_env
@@ -290,13 +290,8 @@ def test_a_process_of_a_wasmkv_from_before_writemap_keeps_writable_maps_off(tmp_
         print("open", flush=True)
         sys.stdin.readline()
     """
-    old = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), str(state)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert old.stdin is not None and old.stdout is not None
+    old = start_python(code, str(state))
+    assert old.stdin is not None and old.stdout is not None  # for the type checker
     try:
         assert old.stdout.readline().strip() == "open"
         assert "another process has it open without" in run_python(OPENER, str(state), "on").stdout
