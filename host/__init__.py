@@ -28,6 +28,7 @@ from ._errors import (
     PluginStatusError,
     PluginTimeout,
     PluginTrap,
+    StackTooSmall,
     UnknownExport,
     UnknownPlugin,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "ServeConfig",
     "ServeToken",
     "Source",
+    "StackTooSmall",
     "StoreConfig",
     "UnknownExport",
     "UnknownPlugin",

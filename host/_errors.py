@@ -35,6 +35,7 @@ __all__ = [
     "PluginStatusError",
     "PluginTimeout",
     "PluginTrap",
+    "StackTooSmall",
     "UnknownExport",
     "UnknownPlugin",
 ]
@@ -54,6 +55,10 @@ class InvalidLimits(LoadError):
 
 class ConfigError(HostError):
     """A configuration file is invalid; the message names the file, the key and the reason."""
+
+
+class StackTooSmall(HostError):
+    """The calling thread's stack is too small to run plugin code on; the message says what it needs."""
 
 
 class UnknownPlugin(HostError, LookupError):

@@ -28,7 +28,7 @@ from ._extism import EXTISM_IMPORTS, EXTISM_MODULE, KERNEL_FUNCTIONS, ExtismKern
 from ._ffi import ExportFunc, GuestMemory, Slots, define_unchecked
 from ._imports import KV_OPS, AbiImports, CallDeadline, Grant, GuestAbort, StartFunctionCall
 from ._limits import MAX_MEMORIES, MAX_TABLES
-from ._sandbox import Compiled, Sandbox
+from ._sandbox import Compiled, Sandbox, check_thread_stack
 from ._wasi import FD_WRITE, POLL_ONEOFF, WasiStreams, fd_write, poll_oneoff, wasi_config
 
 __all__ = ["Instance", "trap_reason"]
@@ -53,9 +53,11 @@ class Instance:
     Raises:
         LoadError: if the imports cannot be linked or instantiation fails (a
             trapping start function, or one that calls an import).
+        StackTooSmall: if this thread's stack is too small to run the start function on.
     """
 
     def __init__(self, compiled: Compiled, grant: Grant, sandbox: Sandbox) -> None:
+        check_thread_stack()  # instantiating runs the module's start function, on this thread
         self.grant = grant
         self.sandbox = sandbox
         self.version = compiled.info.sha256

@@ -6,6 +6,7 @@ all it needs to compile a new version and to bound the time of a call.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import math
 import os
@@ -18,15 +19,32 @@ import wasmtime
 from wasmtime import _ffi as wasmtime_ffi
 
 from ._cache import ModuleCache
-from ._errors import LoadError
+from ._errors import LoadError, StackTooSmall
 from ._limits import MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, Limits
 from ._module_check import ModuleInfo, check_binary, check_module
 
-__all__ = ["EPOCH_TICK_MS", "Compiled", "Sandbox", "Source", "read_source"]
+__all__ = [
+    "EPOCH_TICK_MS",
+    "MAX_WASM_STACK",
+    "THREAD_STACK_BYTES",
+    "Compiled",
+    "Sandbox",
+    "Source",
+    "check_thread_stack",
+    "read_source",
+]
 
 #: The epoch ticker's period: a runaway call stops within its deadline plus about one tick.
 EPOCH_TICK_MS: Final = 5
 _WASM_MAGIC: Final = b"\0asm"
+#: The native stack a plugin's wasm may use before it traps with "call stack exhausted" (wasmtime's
+#: `max_wasm_stack`, set rather than left to a default that has changed across versions).
+MAX_WASM_STACK: Final = 512 * 1024
+#: The stack a thread needs to run plugin code. Wasm runs on the calling thread's own stack, and
+#: wasmtime checks only that wasm stays within `MAX_WASM_STACK` of where the call began: on a smaller
+#: stack, deep recursion reaches the guard page first and the whole process dies of SIGSEGV. The
+#: other half is for the import bodies (Python, LMDB, msgpack), which run above the deepest wasm frame.
+THREAD_STACK_BYTES: Final = 2 * MAX_WASM_STACK
 
 #: WebAssembly proposals no plugin toolchain we support needs, turned off so that their modules are
 #: refused at load: (wasmtime `Config` attribute, the proposal's name, what wasmtime's error says).
@@ -46,8 +64,9 @@ _DISABLED_PROPOSALS: Final = (
     ("wasm_stack_switching", "stack switching", "stack switching"),
 )
 #: Part of every module cache key: a change to the engine's settings must never reuse an old entry.
-_ENGINE_SETTINGS: Final = "epoch=1;memory_may_move=0;opt=speed;proposals-off=" + ",".join(
-    attribute for attribute, _, _ in _DISABLED_PROPOSALS
+_ENGINE_SETTINGS: Final = (
+    f"epoch=1;memory_may_move=0;max_wasm_stack={MAX_WASM_STACK};opt=speed;proposals-off="
+    + ",".join(attribute for attribute, _, _ in _DISABLED_PROPOSALS)
 )
 
 
@@ -58,6 +77,58 @@ COMPILERS: Final = ("cranelift", "winch")
 # wasmtime_strategy_t; wasmtime-py's `Config.strategy` knows only "auto" and "cranelift", so Winch is
 # chosen through the C API (tests/test_host_fastpath.py guards the name).
 _STRATEGY_WINCH: Final = 2
+
+
+class _StackChecked(threading.local):
+    ok = False
+
+
+_stack_checked = _StackChecked()
+
+
+def _thread_stack_size() -> int | None:
+    """The calling thread's stack size in bytes (glibc's `pthread_getattr_np`); None where unknown."""
+    try:
+        libc = ctypes.CDLL(None)
+        getattr_np = libc.pthread_getattr_np
+    except (OSError, AttributeError):
+        return None
+    getattr_np.argtypes = [ctypes.c_ulong, ctypes.c_void_p]
+    libc.pthread_self.restype = ctypes.c_ulong
+    libc.pthread_attr_getstacksize.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]
+    libc.pthread_attr_destroy.argtypes = [ctypes.c_void_p]
+    attr = ctypes.create_string_buffer(256)  # pthread_attr_t: 56 bytes on x86-64, 64 on arm64
+    if getattr_np(libc.pthread_self(), attr) != 0:
+        return None
+    try:
+        size = ctypes.c_size_t()
+        if libc.pthread_attr_getstacksize(attr, ctypes.byref(size)) != 0:
+            return None
+        return size.value
+    finally:
+        libc.pthread_attr_destroy(attr)
+
+
+def check_thread_stack() -> None:
+    """Refuse to run plugin code on a thread whose stack is under `THREAD_STACK_BYTES`.
+
+    Checked once per thread (a thread's stack never changes size); afterwards one attribute read.
+
+    Raises:
+        StackTooSmall: naming the thread's stack size, the size needed and how to get it.
+    """
+    if _stack_checked.ok:
+        return
+    size = _thread_stack_size()
+    if size is not None and size < THREAD_STACK_BYTES:
+        thread = threading.current_thread()
+        raise StackTooSmall(
+            f"thread {thread.name!r} has a stack of {size // 1024} KiB; running plugin code needs "
+            f"{THREAD_STACK_BYTES // 1024} KiB (wasm runs on the calling thread's stack and may use "
+            f"{MAX_WASM_STACK // 1024} KiB of it): call from a thread started after "
+            f"threading.stack_size({THREAD_STACK_BYTES}), or raise `ulimit -s` for the main thread"
+        )
+    _stack_checked.ok = True
 
 
 def _compile_error(name: str, label: str, exc: wasmtime.WasmtimeError) -> LoadError:
@@ -151,6 +222,7 @@ class Sandbox:
                     setattr(config, attribute, False)
                 # The imports cache the memory's base address; this guarantees it never moves.
                 config.memory_may_move = False
+                config.max_wasm_stack = MAX_WASM_STACK
                 config.cranelift_opt_level = "speed"
                 if self.compiler == "winch":
                     wasmtime_ffi.wasmtime_config_strategy_set(config.ptr(), _STRATEGY_WINCH)

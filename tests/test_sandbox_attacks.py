@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import textwrap
@@ -541,3 +542,84 @@ def test_an_extism_plugin_cannot_make_the_host_copy_its_kernel_blocks_whole() ->
     assert len(messages["error"]) < 4096 * 4 + 200  # the first 4 KiB, escaped
     assert messages["log"] == ""
     assert result["grew_mib"] < RSS_BOUND_MIB
+
+
+# Deep recursion, each level calling the hottest import and the log first: wasm fills its stack share
+# with host code running on top of every frame, up to the deepest.
+RECURSE = """
+(module
+  (import "kv" "open" (func $open (param i32 i32) (result i32)))
+  (import "kv" "get" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "host" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "default")
+  (global $h (mut i32) (i32.const 0))
+  (func $deeper (param i32) (result i32)
+    (drop (call $get (global.get $h) (i32.const 0) (i32.const 7) (i32.const 64) (i32.const 64)))
+    (call $log (i32.const 1) (i32.const 0) (i32.const 7))
+    (i32.add (call $deeper (local.get 0)) (i32.const 1)))
+  (func (export "recurse") (result i32)
+    (global.set $h (call $open (i32.const 0) (i32.const 7)))
+    (call $deeper (i32.const 0))))
+"""
+
+
+@pytest.mark.parametrize("stack_kib", [256, 512, 768])
+def test_a_thread_whose_stack_wasm_could_overrun_is_refused_before_any_wasm_runs(stack_kib: int) -> None:
+    # Before: wasm runs on the caller's stack with up to 512 KiB of its own, so on a 512 KiB thread deep
+    # recursion hit the guard page before wasmtime's check and the whole host died of SIGSEGV.
+    result = measured(
+        f"""
+        import logging
+        from wasmkv.host._sandbox import THREAD_STACK_BYTES
+        logging.basicConfig(level=logging.DEBUG, stream=open("/dev/null", "w"))
+        with kv.KvStore.memory() as store, host.Host(store) as h:
+            p = h.load({RECURSE!r}, name="deep", tenant="t")
+
+            def run(results):
+                try:
+                    p.call("recurse")
+                except host.HostError as exc:
+                    results.append((type(exc).__name__, str(exc)))
+
+            outcomes = {{}}
+            for kib in ({stack_kib}, THREAD_STACK_BYTES // 1024):
+                threading.stack_size(kib * 1024)
+                results = []
+                thread = threading.Thread(target=run, args=(results,), name=f"small-{{kib}}")
+                thread.start()
+                thread.join()
+                outcomes[kib] = results
+            threading.stack_size(0)
+            RESULT["outcomes"] = outcomes
+        """
+    )
+    (refused,) = result["outcomes"][str(stack_kib)]
+    assert refused[0] == "StackTooSmall"
+    assert f"has a stack of {stack_kib} KiB; running plugin code needs 1024 KiB" in refused[1]
+    assert "threading.stack_size(1048576)" in refused[1]
+    # The smallest stack allowed holds the deepest wasm plus the import bodies on top of it.
+    (trapped,) = result["outcomes"]["1024"]
+    assert trapped[0] == "PluginTrap" and "call stack exhausted" in trapped[1]
+
+
+def test_a_main_thread_with_a_small_stack_limit_gets_one_line_from_the_cli(tmp_path: Path) -> None:
+    wasmkv = str(Path(sys.executable).parent / "wasmkv")
+    plugin = tmp_path / "deep.wat"
+    plugin.write_text(RECURSE)
+
+    def small_stack() -> None:
+        resource.setrlimit(resource.RLIMIT_STACK, (512 * 1024, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
+    done = subprocess.run(
+        [wasmkv, "run", str(plugin), "--call", "recurse", "--state", str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        preexec_fn=small_stack,
+    )
+    assert done.returncode not in (0, -11), done
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "thread 'MainThread' has a stack of" in line and "raise `ulimit -s`" in line
