@@ -466,10 +466,12 @@ class LmdbStore:
             earliest = self._earliest_expiry(txn, ns)
             if earliest is None or earliest > now:
                 # Every stored record is live: LMDB's iterator reads the page, a few passes in C shape it.
-                pairs = page_pairs(txn.cursor(), prefix, key_range, after, limit + 1)
-                if pairs is not None:
+                found = page_pairs(txn.cursor(), prefix, key_range, after, limit + 1, max_bytes)
+                if found is not None:
+                    pairs, record_bytes = found
                     more = len(pairs) > limit
                     if more:
+                        record_bytes -= sum(len(record) for _, record in pairs[limit:])
                         del pairs[limit:]
                     if not pairs:
                         return b"", [], None, False
@@ -480,7 +482,7 @@ class LmdbStore:
                         # Without a TTL on the page (none in the tenant, or none among these records) each
                         # value is its record past the flag byte; if keys and values fit max_bytes, that is
                         # the page. Otherwise it is shaped item by item.
-                        size = len(joined) - (len(prefix) + 1) * len(records) + sum(map(len, records))
+                        size = len(joined) - (len(prefix) + 1) * len(records) + record_bytes
                         if (earliest is None or not any(map(_FLAG, records))) and size <= max_bytes:
                             return joined, map(_AFTER_FLAG, records), None, more
                         return _live_page(pairs, len(prefix), max_bytes, now, more)

@@ -27,6 +27,7 @@ import hashlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from itertools import islice
+from operator import itemgetter
 from typing import Final, TypeVar, cast
 
 import lmdb
@@ -258,6 +259,9 @@ def _fast_walk(
     return (cursor.iterprev() if key_range.reverse else cursor.iternext()), floor, stop
 
 
+_second: Final = itemgetter(1)
+
+
 def _first_key(pair: tuple[bytes, bytes]) -> bytes:
     return pair[0]
 
@@ -307,18 +311,52 @@ def holds_long_key(joined: bytes) -> bool:
     return _LONG_MARK in joined
 
 
+#: Pairs `page_pairs` copies out of LMDB between looks at the page's size: records are copied whole, so
+#: past the page's byte bound at most this many more (each up to `max_value_bytes`) are held.
+_PAIRS_PER_LOOK: Final = 32
+#: A record's longest header: the flag byte and, with a TTL, the 8-byte expiry.
+_RECORD_HEADER_MAX: Final = 9
+
+
 def page_pairs(
-    cursor: lmdb.Cursor[bytes], prefix: bytes, key_range: KeyRange, after: bytes | None, count: int
-) -> list[tuple[bytes, bytes]] | None:
-    """As `page_keys`, with each key's stored record: the first `count` (stored key, record) pairs."""
+    cursor: lmdb.Cursor[bytes], prefix: bytes, key_range: KeyRange, after: bytes | None, count: int, max_bytes: int
+) -> tuple[list[tuple[bytes, bytes]], int] | None:
+    """As `page_keys`, with each key's stored record: the first `count` (stored key, record) pairs, or
+    fewer once their values weigh more than `max_bytes`; and the bytes of their records together.
+
+    In that case one pair past the bound is kept, so that the caller, cutting the page at `max_bytes`,
+    sees that more follow. Without the bound a page of 1000 records of 1 MiB would copy 1 GiB to
+    answer with 1 MiB.
+    """
     bounds = _position(cursor, prefix, key_range, after)
     if bounds is None:
         return None
     floor, stop = bounds
     if not stop:
-        return []
+        return [], 0
     walk = cursor.iterprev() if key_range.reverse else cursor.iternext()
-    return _cut(list(islice(walk, count)), floor, stop, key_range.reverse, _first_key)
+    pairs: list[tuple[bytes, bytes]] = []
+    record_bytes = 0
+    while len(pairs) < count:
+        wanted = min(count - len(pairs), _PAIRS_PER_LOOK)
+        chunk = list(islice(walk, wanted))
+        pairs += chunk
+        # The records' sizes are wanted by the caller anyway: measured once, here, chunk by chunk.
+        record_bytes += sum(map(len, map(_second, chunk)))
+        if len(chunk) < wanted:  # the walk ended
+            break
+        # Their values weigh at least this (a record is its value behind a header of up to 9 bytes).
+        if record_bytes - _RECORD_HEADER_MAX * len(pairs) > max_bytes:
+            if len(pairs) < count:
+                extra = list(islice(walk, 1))
+                pairs += extra
+                record_bytes += sum(map(len, map(_second, extra)))
+            break
+    read = len(pairs)
+    pairs = _cut(pairs, floor, stop, key_range.reverse, _first_key)
+    if len(pairs) < read:  # the range ended inside the last chunk
+        record_bytes = sum(map(len, map(_second, pairs)))
+    return pairs, record_bytes
 
 
 def fast_keys(

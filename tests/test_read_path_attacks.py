@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import random
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,3 +191,28 @@ def test_a_cursor_whose_fields_have_the_wrong_types_is_one_clear_invalid_argumen
     bucket = store.tenant("t").bucket()
     with pytest.raises(kv.InvalidArgument):
         bucket.list_keys(cursor=_cursor(fields))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_scan_page_copies_little_more_than_its_byte_bound_whatever_its_limit(tmp_path: Path, reverse: bool) -> None:
+    # Before: the all-live fast path copied `limit + 1` whole records before it looked at their size, so a
+    # page of 1000 over 1 MiB values copied every value there was (402 MiB for 400) to answer with 1 MiB.
+    big = b"v" * (kv.DEFAULT_MAX_VALUE_BYTES - 64)
+    with kv.KvStore.open(tmp_path / "s", sweep_interval_s=None) as store:
+        bucket = store.tenant("t", kv.Quota(max_bytes=2**32)).bucket("b")
+        keys = [f"k{i:03}" for i in range(120)]
+        for key in keys:
+            bucket.set(key, big)
+        bucket.set_with_ttl("k050x", b"small", 3_600_000)  # a TTL in the tenant: the same bound holds
+        tracemalloc.start()
+        try:
+            page = bucket.scan(limit=1000, reverse=reverse)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert [key for key, _ in page.items] == [keys[-1] if reverse else keys[0]] and page.cursor is not None
+        assert peak < 48 * 2**20, f"one scan page held {peak / 2**20:.0f} MiB"
+        # Paging on with the largest limit still yields every pair once, in order.
+        walked = [key for key, _ in bucket.items(page_size=1000, reverse=reverse)]
+        expected = sorted([*keys, "k050x"], reverse=reverse)
+        assert walked == expected
