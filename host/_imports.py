@@ -293,14 +293,20 @@ class AbiImports:
             self.memory.view[pointer : pointer + length] = data
         return length
 
+    def _reply_ceiling(self) -> int:
+        """The largest reply this plugin's memory could hold."""
+        return min(self.grant.limits.memory_bytes, _I32_MAX)
+
+    def _reply_too_large(self, length: object) -> AbiStatusError:
+        return AbiStatusError(
+            Status.VALUE_TOO_LARGE,
+            f"reply of {length} bytes is over the plugin's memory_bytes limit of {self.grant.limits.memory_bytes}",
+        )
+
     def _check_reply(self, length: int) -> None:
         """Refuse a reply no plugin memory could hold, before anything that large is built."""
-        ceiling = min(self.grant.limits.memory_bytes, _I32_MAX)
-        if length > ceiling:
-            raise AbiStatusError(
-                Status.VALUE_TOO_LARGE,
-                f"reply of {length} bytes is over the plugin's memory_bytes limit of {self.grant.limits.memory_bytes}",
-            )
+        if length > self._reply_ceiling():
+            raise self._reply_too_large(length)
 
     def _bucket(self, handle: int) -> kv.Bucket:
         if handle < 0 or handle >= len(self.handles):
@@ -440,7 +446,13 @@ class AbiImports:
         out_pointer, capacity = s[12], s[16]
         if not self.memory.fits(out_pointer, capacity):
             raise _bad_pointer()
-        values = bucket.get_many(key_list(self._read(s[4], s[8])))
+        ceiling = self._reply_ceiling()
+        try:
+            # Values heavier together than any reply this plugin could hold are refused as they are read,
+            # not after: 400 values of 1 MiB asked for by a plugin of 256 KiB would cost the host 800 MiB.
+            values = bucket.get_many(key_list(self._read(s[4], s[8])), max_bytes=ceiling)
+        except kv.ValueTooLarge:
+            raise self._reply_too_large(f"over {ceiling}") from None
         # Sized before it is built: a reply asked for its length only, or too large for any plugin
         # memory, is never packed (a key repeated 1000 times must not cost 1000 copies).
         length = packed_values_size(values)

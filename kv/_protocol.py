@@ -183,9 +183,15 @@ class DirectReads(Protocol):
     def reader(self, ns: Namespace) -> Callable[[bytes], bytes | None]:
         """`Store.get` bound to the namespace `ns`: called with just the key."""
 
-    def get_many_stored(self, ns: Namespace, stored: list[bytes], longest: int) -> list[bytes | None]:
+    def get_many_stored(
+        self, ns: Namespace, stored: list[bytes], longest: int, max_bytes: int | None = None
+    ) -> list[bytes | None]:
         """As `Store.get_many`, the keys given as stored (`ns.prefix` + key; valid, none repeated), the
-        longest `longest` bytes."""
+        longest `longest` bytes.
+
+        Raises:
+            ValueTooLarge: if the values found weigh more than `max_bytes` together, having read little more.
+        """
 
     def list_keys_text(
         self, ns: Namespace, key_range: KeyRange, after: bytes | None, limit: int

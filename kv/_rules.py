@@ -138,6 +138,11 @@ def quota_exceeded(field: str, limit: int, used: int, adds: object, *, what: str
     return QuotaExceeded(f"quota exceeded: {field} is {limit}, {used} in use and {what} adds {adds}")
 
 
+def values_too_heavy(max_bytes: int) -> ValueTooLarge:
+    """The error for a `get_many` whose values weigh more than its `max_bytes`, on every engine."""
+    return ValueTooLarge(f"the values asked for weigh more than max_bytes={max_bytes} together: ask for fewer keys")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Usage:
     """What a tenant holds now: live keys and their key + value bytes."""

@@ -41,6 +41,7 @@ from ._rules import (
     decode_cursor,
     encode_cursor,
     encode_key,
+    values_too_heavy,
 )
 
 __all__ = [
@@ -469,6 +470,18 @@ class Tenant:
         return f"Tenant({self.name!r}, quota={self.quota!r})"
 
 
+def _check_max_bytes(max_bytes: int | None) -> None:
+    if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 0):
+        raise InvalidArgument(f"max_bytes must be None or an int >= 0, got {max_bytes!r}")
+
+
+def _weighed(values: list[bytes | None], max_bytes: int | None) -> list[bytes | None]:
+    """`values`, read by an engine without a bounded read (Redis answers in one reply), held to `max_bytes`."""
+    if max_bytes is not None and sum(len(value) for value in values if value is not None) > max_bytes:
+        raise values_too_heavy(max_bytes)
+    return values
+
+
 class Bucket:
     """A tenant's named key space. Every method validates its input and changes nothing on error.
 
@@ -791,15 +804,20 @@ class Bucket:
                 return
             cursor = page.cursor
 
-    def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
+    def get_many(self, keys: Iterable[Key], *, max_bytes: int | None = None) -> list[bytes | None]:
         """The values at `keys`, in order (None where missing); at most 1000 keys.
 
-        A key named several times is read once, and its one value object is repeated.
+        A key named several times is read once, and its one value object is repeated. With
+        `max_bytes`, values that weigh more together (each distinct key counted once) are refused:
+        on LMDB before much more than that is read, which bounds what a caller who answers
+        someone else's request (a plugin's) spends on it.
 
         Raises:
             InvalidKey, RateLimited: as named.
-            InvalidArgument: if more than 1000 keys are given.
+            InvalidArgument: if more than 1000 keys are given, or `max_bytes` is not a non-negative int.
+            ValueTooLarge: if the values weigh more than `max_bytes`.
         """
+        _check_max_bytes(max_bytes)
         direct = self._direct
         if direct is not None and type(keys) is list and 0 < len(keys) <= BATCH_MAX_ITEMS:
             # The hot path: the keys validated and made the engine's in a few passes in C.
@@ -811,14 +829,20 @@ class Bucket:
                 if limiter is not None:
                     limiter.acquire(len(stored))
                 if len(set(stored)) == len(stored):
-                    return direct.get_many_stored(self._ns, stored, longest)
+                    return direct.get_many_stored(self._ns, stored, longest, max_bytes)
                 unique = list(dict.fromkeys(stored))  # a repeated key is read once: see below
-                return self._in_order(stored, unique, direct.get_many_stored(self._ns, unique, longest))
+                return self._in_order(stored, unique, direct.get_many_stored(self._ns, unique, longest, max_bytes))
         raw = self._keys(self.tenant.quota, keys)
         # Never read a repeated key again: 1000 names of one 1 MiB value would be 1 GiB of copies, where
         # reading it once keeps the reply's real cost (and a plugin's get_many) at one value's size.
         unique = list(dict.fromkeys(raw))
-        return self._in_order(raw, unique, self._engine.get_many(self._ns, unique))
+        if direct is not None and unique:
+            prefix = self._ns.prefix
+            stored = [prefix + key for key in unique]
+            values = direct.get_many_stored(self._ns, stored, max(map(len, stored)), max_bytes)
+        else:
+            values = _weighed(self._engine.get_many(self._ns, unique), max_bytes)
+        return self._in_order(raw, unique, values)
 
     def set_many(self, items: Mapping[Key, bytes] | Iterable[tuple[Key, bytes]]) -> None:
         """Store several values at once, all or nothing; clears their TTLs. At most 1000 items.
@@ -1026,16 +1050,19 @@ class AsyncBucket:
                 return
             cursor = page.cursor
 
-    async def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
+    async def get_many(self, keys: Iterable[Key], *, max_bytes: int | None = None) -> list[bytes | None]:
         """The values at `keys`, in order (None where missing); at most 1000 keys, each read once.
 
+        `max_bytes` as `Bucket.get_many`'s, checked once the values are read.
+
         Raises:
-            InvalidKey, RateLimited, InvalidArgument: as `Bucket.get_many`.
+            InvalidKey, RateLimited, InvalidArgument, ValueTooLarge: as `Bucket.get_many`.
         """
+        _check_max_bytes(max_bytes)
         engine, quota = await self._begin()
         raw = self._bucket._keys(quota, keys)
         unique = list(dict.fromkeys(raw))
-        return self._bucket._in_order(raw, unique, await engine.get_many(self._ns, unique))
+        return self._bucket._in_order(raw, unique, _weighed(await engine.get_many(self._ns, unique), max_bytes))
 
     async def set_many(self, items: Mapping[Key, bytes] | Iterable[tuple[Key, bytes]]) -> None:
         """Store several values at once, all or nothing; clears their TTLs. At most 1000 items.

@@ -216,3 +216,28 @@ def test_a_scan_page_copies_little_more_than_its_byte_bound_whatever_its_limit(t
         walked = [key for key, _ in bucket.items(page_size=1000, reverse=reverse)]
         expected = sorted([*keys, "k050x"], reverse=reverse)
         assert walked == expected
+
+
+def test_get_many_with_max_bytes_refuses_values_heavier_together_and_reads_little_more(tmp_path: Path) -> None:
+    big = b"v" * (kv.DEFAULT_MAX_VALUE_BYTES - 64)
+    with kv.KvStore.open(tmp_path / "s", sweep_interval_s=None) as store:
+        bucket = store.tenant("t", kv.Quota(max_bytes=2**32, max_key_bytes=600)).bucket("b")
+        keys = [f"k{i:03}" for i in range(100)]
+        for key in keys:
+            bucket.set(key, big)
+        long_key = "L" * 590  # the long-key path is held to the same bound
+        bucket.set(long_key, b"small")
+        assert bucket.get_many(keys[:2], max_bytes=2 * len(big)) == [big, big]
+        assert bucket.get_many([long_key, "absent"], max_bytes=5) == [b"small", None]
+        for asked in (keys, [long_key, *keys], (key for key in keys)):
+            tracemalloc.start()
+            try:
+                with pytest.raises(kv.ValueTooLarge, match="weigh more than max_bytes=3000000 together"):
+                    bucket.get_many(asked, max_bytes=3_000_000)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < 48 * 2**20, f"a refused get_many held {peak / 2**20:.0f} MiB"
+        for bad in (-1, 1.5, "10", True):
+            with pytest.raises(kv.InvalidArgument, match="max_bytes must be None or an int >= 0"):
+                bucket.get_many(keys[:1], max_bytes=bad)  # type: ignore[arg-type]

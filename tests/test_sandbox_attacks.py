@@ -165,6 +165,30 @@ def test_get_many_of_one_large_value_repeated_is_refused_before_the_reply_is_bui
     assert result["seconds"] < 1.0
 
 
+def test_get_many_of_many_large_values_is_refused_as_they_are_read_not_after() -> None:
+    # Before: every value was copied out (twice) and only then weighed against the plugin's memory:
+    # 300 distinct values of 1 MiB, asked for by a plugin of 64 KiB, cost the host ~600 MiB.
+    result = measured(
+        f"""
+        import msgpack
+        WAT = {AMPLIFIER!r}
+        with kv.KvStore.memory() as store, host.Host(store) as h:
+            bucket = store.tenant("evil", kv.Quota(max_bytes=400 << 20)).bucket()
+            keys = [f"big{{i:03d}}" for i in range(300)]
+            for key in keys:
+                bucket.set(key, b"x" * ((1 << 20) - 64))
+            p = h.load(WAT, name="amp", tenant="evil", limits=host.Limits(memory_bytes=1 << 16, deadline_ms=5000))
+            before = peak_mib()
+            RESULT["rc"] = int.from_bytes(p.call("amplify", msgpack.packb(keys)), "little", signed=True)
+            RESULT["grew_mib"] = peak_mib() - before
+            RESULT["small"] = int.from_bytes(p.call("amplify", msgpack.packb(["absent", "also absent"])), "little")
+        """
+    )
+    assert result["rc"] == -3  # VALUE_TOO_LARGE
+    assert result["grew_mib"] < RSS_BOUND_MIB / 2
+    assert result["small"] == len(msgpack.packb([None, None]))
+
+
 def test_another_tenants_calls_keep_being_served_while_one_plugin_amplifies() -> None:
     result = measured(
         f"""
