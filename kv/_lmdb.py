@@ -236,6 +236,7 @@ class LmdbStore:
                 )
             entry.opened += 1
         self._shared = entry
+        entry.stores.add(self)  # a child process stops it after a fork (kv._lmdb_env)
         self._env = entry.env
         self._write_lock = entry.write_lock
         self._readers = entry.readers

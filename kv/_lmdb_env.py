@@ -21,23 +21,34 @@ about twice as fast. Every byte of such a map is allocated on disk before LMDB m
 write there (a store into a hole of a full disk would be SIGBUS), so it starts at
 `WRITEMAP_START_MAP_BYTES` and grows by the same doubling, each growth allocated
 first; an allocation that fails is a BackendUnavailable with nothing written.
+
+A fork: LMDB forbids using an environment in a child process (its POSIX locks are
+not inherited, so a third process would take the store for unused and reset its
+lock file under the child's writes), and locks a parent thread held at the fork
+stay held in the child for ever. So in a child every store opened before the fork
+raises BackendUnavailable on its next read or write, and the child opens the
+store anew (`_after_fork_in_child`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import errno
+import importlib
 import mmap
+import os
 import sys
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext, suppress
-from typing import Final
+from typing import Any, Final, NoReturn, cast
 
 import lmdb
 
 from ._errors import BackendUnavailable, InvalidArgument
-from ._lmdb_files import StoreFiles, back_lock_file, filesystem_of, lock_file_bytes
+from ._lmdb_files import StoreFiles, back_lock_file, data_file_problem, filesystem_of, lock_file_bytes
 from ._lmdb_layout import BOX_V2, MAX_LMDB_KEY, SHORT_ROOM, replace, unbox_v2
 
 __all__ = [
@@ -126,12 +137,129 @@ class Shared:
     #: Held by whoever holds reads off, throughout: a read that finds the flag set waits on it.
     hold_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     opened: int = 0
+    #: The stores (kv._lmdb.LmdbStore) open on this entry, which a child process must stop after a fork.
+    stores: weakref.WeakSet[Any] = dataclasses.field(default_factory=weakref.WeakSet)
 
 
 # LMDB forbids opening one environment twice in a process, so every LmdbStore
 # on the same directory shares one entry here.
 registry_lock = threading.Lock()
 registry: dict[str, Shared] = {}
+
+
+class _ForkedAway:
+    """What a store opened before a fork has, in the child, instead of its locks and its environment.
+
+    Entering it (`with`), acquiring it or using it as the environment raises: reads and
+    writes wait on the hold and write locks first, so they fail there at once, also
+    where a parent thread held those locks at the fork (they stay held in the child).
+    """
+
+    __slots__ = ("message",)
+
+    def __init__(self, path: str) -> None:
+        self.message = (
+            f"the store at {path} was opened before this process forked: open it again in the child (KvStore.open)"
+        )
+
+    def __enter__(self) -> NoReturn:
+        raise BackendUnavailable(self.message)
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> NoReturn:
+        raise BackendUnavailable(self.message)
+
+    def __getattr__(self, name: str) -> NoReturn:  # as the environment: begin, info, set_mapsize...
+        if name.startswith("__"):
+            raise AttributeError(name)  # protocols probed by copy, pickle and the like: not the environment's
+        raise BackendUnavailable(self.message)
+
+
+def _after_fork_in_child() -> None:
+    """In a child process: empty the registry, so the child opens each store anew, and make every store
+    opened before the fork raise BackendUnavailable on its next use.
+
+    Runs with this thread the only one left. Nothing of the parent's environment is closed:
+    mdb_env_close here would clear this process's reader slots and close the lock file,
+    which drops every POSIX lock the process holds on it (those of the environment the
+    child opens anew included), and py-lmdb's close waits for the writes and remaps of
+    threads that did not survive the fork. So each stays open, unused, until the child exits.
+    """
+    if registry_lock.locked():
+        # Held by a thread that did not survive the fork (any other holder is gone); a Lock may be
+        # released by any thread. The same object stays: kv._lmdb imported it by name.
+        registry_lock.release()
+    inherited = list(registry.items())
+    registry.clear()
+    if not inherited:
+        return
+    _open_anew_after_fork()
+    for path, entry in inherited:
+        forked = _ForkedAway(path)
+        # A read that finds the flag up waits on the hold lock (kv._lmdb `_wait_for_reads`): it raises.
+        # This costs reads nothing: they test the flag already, for remaps.
+        entry.hold_lock = cast("threading.Lock", forked)
+        entry.readers[0] = True
+        entry.write_lock = cast("threading.Lock", forked)
+        for attributes in _stores_of(entry):
+            # Each store took the write lock and the environment when it opened; a write takes the
+            # lock first. Closed, so that closing it in the child leaves the registry and the
+            # environment alone.
+            attributes["_write_lock"] = forked
+            attributes["_env"] = forked
+            attributes["_closed"] = True
+        # Never deallocated, even at exit: py-lmdb would close it (see above).
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(entry.env))
+        if entry.files is not None:
+            # The child holds no POSIX lock yet (they are not inherited), so closing these drops none; the
+            # sidecar's locks belong to the parent's open file description, which the parent keeps open.
+            # Closed here, the parent's own close releases its writemap lock instead of the child's copy
+            # keeping it until the child exits.
+            entry.files.close()
+
+
+def _stores_of(entry: Shared) -> Iterator[dict[str, Any]]:
+    """The attributes of each LmdbStore open on `entry`."""
+    for store in list(entry.stores):
+        yield store.__dict__
+
+
+#: Whether py-lmdb's "already open in this process" guard keys environments per process (see below).
+_keys_per_process = False
+
+
+def _open_anew_after_fork() -> None:
+    """Let this child open the environments it inherited again, as LMDB requires of a child.
+
+    py-lmdb (3.0 and later) refuses to open files an environment of the process has open,
+    identified by `lmdb._envid.env_keys`, and an environment inherited across fork counts
+    although LMDB forbids the child to use it; only closing it would forget it, and closing
+    it here is what must not happen. So in a child each identity is tagged with the process
+    that opens it: what an ancestor opened no longer matches, while two opens in this process
+    still do, and are refused as before. An older py-lmdb keys by path and keeps refusing.
+    """
+    global _keys_per_process  # once per process, in the single thread after a fork
+    if _keys_per_process:
+        return
+    try:
+        envid = importlib.import_module("lmdb._envid")
+    except ImportError:
+        return
+    keys_of: Callable[[object, int], tuple[object, ...]] | None = getattr(envid, "env_keys", None)
+    if keys_of is None:
+        return
+
+    def env_keys(path: object, subdir: int) -> tuple[object, ...]:
+        pid = os.getpid()
+        return tuple(("wasmkv-pid", pid, key) for key in keys_of(path, subdir))
+
+    setattr(envid, "env_keys", env_keys)  # noqa: B010  # a module attribute mypy does not know of
+    _keys_per_process = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _Databases = tuple[lmdb._Database, lmdb._Database, lmdb._Database, lmdb._Database]
@@ -383,6 +511,8 @@ def unmark_writemap(env: lmdb.Environment, files: StoreFiles) -> None:
 
 #: Reader slots in the lock file: one per read transaction open at once, across every process.
 _MAX_READERS: Final = 1024
+#: How often an open is tried while other processes keep writing past the size it read.
+_OPEN_ATTEMPTS: Final = 20
 
 
 def _lmdb_open(path: str, fsync: bool, map_size: int, *, writemap: bool) -> lmdb.Environment:
@@ -391,21 +521,31 @@ def _lmdb_open(path: str, fsync: bool, map_size: int, *, writemap: bool) -> lmdb
     Raises:
         BackendUnavailable: if LMDB cannot open it.
     """
-    try:
-        return lmdb.open(
-            path,
-            map_size=map_size,
-            max_dbs=8,
-            sync=fsync,
-            metasync=fsync,
-            writemap=writemap,
-            # readahead only helps scans of data that is not cached; point reads dominate.
-            readahead=False,
-            max_readers=_MAX_READERS,
-            mode=_FILE_MODE,
-        )
-    except lmdb.Error as exc:
-        raise BackendUnavailable(f"cannot open the store at {path}: {exc}") from exc
+    if (problem := data_file_problem(path)) is not None:
+        raise BackendUnavailable(f"cannot open the store at {path}: {problem}")
+    attempts_left = _OPEN_ATTEMPTS
+    while True:
+        try:
+            return lmdb.open(
+                path,
+                map_size=map_size,
+                max_dbs=8,
+                sync=fsync,
+                metasync=fsync,
+                writemap=writemap,
+                # readahead only helps scans of data that is not cached; point reads dominate.
+                readahead=False,
+                max_readers=_MAX_READERS,
+                mode=_FILE_MODE,
+            )
+        except lmdb.MapResizedError as exc:
+            # The open begins a transaction: another process wrote past the data size the open had just
+            # read. Opening again reads the new size; the other grows its map at most by doubling.
+            attempts_left -= 1
+            if not attempts_left:
+                raise BackendUnavailable(f"cannot open the store at {path}: {exc}") from exc
+        except lmdb.Error as exc:
+            raise BackendUnavailable(f"cannot open the store at {path}: {exc}") from exc
 
 
 def remap_backed(env: lmdb.Environment, files: StoreFiles, size: int) -> None:

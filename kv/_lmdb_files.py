@@ -44,7 +44,7 @@ import sys
 from collections.abc import Iterator
 from typing import Final
 
-__all__ = ["StoreFiles", "allocate", "back_lock_file", "filesystem_of", "lock_file_bytes"]
+__all__ = ["StoreFiles", "allocate", "back_lock_file", "data_file_problem", "filesystem_of", "lock_file_bytes"]
 
 #: statfs(2) f_type of the filesystems where an allocated block is rewritten in place.
 _IN_PLACE: Final[dict[int, str]] = {0xEF53: "ext4", 0x01021994: "tmpfs"}
@@ -154,6 +154,21 @@ def back_lock_file(directory: str, size: int, mode: int) -> None:
                 raise
     finally:
         os.close(fd)
+
+
+def data_file_problem(directory: str) -> str | None:
+    """What keeps LMDB from opening the data file in `directory` ("data.mdb is ..."), or None if nothing does.
+
+    LMDB opens `data.mdb` and reads its meta pages with no timeout: a FIFO planted there
+    would keep the open waiting for a writer forever (and every other opener of the store
+    behind it, waiting for the gate). Followed through symlinks, as LMDB's open follows them.
+    A missing file is no problem (LMDB creates it); any other failure to look is left to LMDB.
+    """
+    try:
+        mode = os.stat(os.path.join(directory, "data.mdb")).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else "data.mdb is not a regular file"
 
 
 def _flock(kind: int, byte: int) -> bytes:
