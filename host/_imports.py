@@ -338,6 +338,8 @@ class AbiImports:
         handle, key_pointer, key_length, out_pointer, capacity = s[0], s[4], s[8], s[12], s[16]
         handles = self.handles
         if handle < 0 or handle >= len(handles):
+            if not handles and type(self.memory) is _NoMemory:  # no handle yet: maybe a start function
+                raise StartFunctionCall()
             self.refused("get", _BAD_HANDLE)  # as the other imports count it, from the error they raise
             return _BAD_HANDLE
         memory = self.memory
@@ -475,10 +477,13 @@ class AbiImports:
         return self._reply(self.input, s[0], s[4])
 
     def _output(self, s: Slots) -> int:
-        data = self._read(s[0], s[4])
         cap = self.grant.limits.memory_bytes
-        if len(self.output) + len(data) > cap:
+        # Refused before it is read: a plugin at the cap calling output(0, 64 MiB) in a loop copied 64 MiB a call.
+        if s[4] > 0 and len(self.output) + s[4] > cap:
+            if not self.memory.fits(s[0], s[4]):
+                raise _bad_pointer()
             raise AbiStatusError(Status.INVALID_ARGUMENT, f"output is capped at memory_bytes ({cap}) per call")
+        data = self._read(s[0], s[4])
         self.output += data
         return 0
 

@@ -14,8 +14,9 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Sized
+from itertools import islice
+from typing import Any, Final, cast
 
 import msgpack
 
@@ -36,6 +37,8 @@ DEFAULT_MAX_KEYS: Final = 10_000
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_VALUE_BYTES: Final = 1024 * 1024
 DEFAULT_MAX_KEY_BYTES: Final = 512
+#: The most `Quota.max_key_bytes` may be: LMDB stores a long key's tail with a 2-byte length.
+MAX_KEY_BYTES_CEILING: Final = 65_535
 DEFAULT_LIST_LIMIT: Final = 100
 #: How often the background sweeper reclaims the space of expired keys.
 DEFAULT_SWEEP_INTERVAL_S: Final = 1.0
@@ -86,6 +89,8 @@ class Quota:
             value = getattr(self, field)
             if type(value) is not int or value < 1:
                 raise InvalidArgument(f"Quota.{field} must be a positive int, got {value!r}")
+        if self.max_key_bytes > MAX_KEY_BYTES_CEILING:
+            raise InvalidArgument(f"Quota.max_key_bytes is at most {MAX_KEY_BYTES_CEILING}, got {self.max_key_bytes}")
         ops = self.ops_per_second
         if ops is not None and (
             isinstance(ops, bool) or not isinstance(ops, int | float) or not math.isfinite(ops) or ops <= 0
@@ -120,7 +125,11 @@ class Quota:
         try:
             fields = msgpack.unpackb(record)
             known = {field.name for field in dataclasses.fields(cls)}
-            return cls(**{name: value for name, value in fields.items() if name in known})
+            kept = {name: value for name, value in fields.items() if name in known}
+            # Stored before the ceiling existed: no longer key could have been stored on LMDB anyway.
+            if type(kept.get("max_key_bytes")) is int and kept["max_key_bytes"] > MAX_KEY_BYTES_CEILING:
+                kept["max_key_bytes"] = MAX_KEY_BYTES_CEILING
+            return cls(**kept)
         except (ValueError, TypeError, AttributeError, KvError) as exc:
             raise BackendUnavailable(f"a stored tenant record is damaged: {exc}") from None
 
@@ -441,6 +450,26 @@ def check_batch_size(count: int) -> None:
         raise InvalidArgument(f"a batch holds at most {BATCH_MAX_ITEMS} items, got {count}")
 
 
+def batch_items(items: object, what: str) -> list[Any]:
+    """The items of one batch request as a list, read no further than one past `abi.BATCH_MAX_ITEMS`.
+
+    Raises:
+        InvalidArgument: if `items` is not iterable, or holds more than `abi.BATCH_MAX_ITEMS`.
+    """
+    if isinstance(items, Sized):
+        check_batch_size(len(items))
+    try:
+        # An endless iterator stops here, one item past the limit.
+        found = list(islice(cast(Iterable[Any], items), BATCH_MAX_ITEMS + 1))
+    except TypeError:
+        if not isinstance(items, Iterable):
+            raise InvalidArgument(f"{what}, got {type(items).__name__}") from None
+        raise
+    if len(found) > BATCH_MAX_ITEMS:
+        raise InvalidArgument(f"a batch holds at most {BATCH_MAX_ITEMS} items, got more")
+    return found
+
+
 def parse_counter(value: bytes) -> int:
     """Parse a stored counter: signed 64-bit decimal ASCII, as `increment` writes it.
 
@@ -504,9 +533,10 @@ def decode_cursor(cursor: object, key_range: KeyRange, max_key_bytes: int) -> by
     """
     if type(cursor) is not str:
         raise InvalidArgument(f"cursor must be a str returned by a listing, got {type(cursor).__name__}")
-    # Base64 of the listing's bounds and a key, with some room: anything longer was never issued.
+    # Base64 of the listing's bounds and a key, with some room: anything longer was never issued. The key
+    # is a stored one, which may be longer than `max_key_bytes` now (the quota lowered since it was written).
     bounds = len(key_range.prefix) + len(key_range.start or b"") + len(key_range.end or b"")
-    if len(cursor) > (bounds + max_key_bytes + 32) * 4 // 3 + 8:
+    if len(cursor) > (bounds + MAX_KEY_BYTES_CEILING + 32) * 4 // 3 + 8:
         raise InvalidArgument(f"cursor is not one a listing returned: {len(cursor)} characters is too long")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))

@@ -32,7 +32,7 @@ from ._rules import (
     RateLimiter,
     ScanPage,
     Usage,
-    check_batch_size,
+    batch_items,
     check_delta,
     check_limit,
     check_name,
@@ -520,8 +520,7 @@ class Bucket:
     def _keys(self, quota: Quota, keys: Iterable[Key]) -> list[bytes]:
         if isinstance(keys, str | bytes):
             raise InvalidArgument("keys must be a collection of keys, not a single key")
-        keys = list(keys)
-        check_batch_size(len(keys))
+        keys = batch_items(keys, "keys must be a collection of keys")
         found = _batch_fast_path(keys, b"", quota.max_key_bytes) if keys else None
         raw = [encode_key(key, quota.max_key_bytes) for key in keys] if found is None else found[0]
         limiter = self.tenant._limiter
@@ -554,7 +553,9 @@ class Bucket:
     def _set_many_args(
         self, quota: Quota, items: Mapping[Key, bytes] | Iterable[tuple[Key, bytes]]
     ) -> tuple[Namespace, list[tuple[bytes, bytes]], Quota]:
-        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        pairs = batch_items(
+            items.items() if isinstance(items, Mapping) else items, "set_many takes a mapping or (key, value) pairs"
+        )
         for pair in pairs:
             if not isinstance(pair, tuple) or len(pair) != 2:
                 raise InvalidArgument(f"set_many takes a mapping or (key, value) pairs, got {pair!r:.80}")

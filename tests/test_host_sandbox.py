@@ -312,6 +312,20 @@ def test_a_start_function_calling_an_import_fails_to_load_clearly(
     assert "host error" not in caplog.text  # a plugin mistake, not a host bug
 
 
+def test_a_start_function_calling_get_fails_to_load_like_any_other_import(wasm_host: host.Host) -> None:
+    # Before: get's inlined handle check answered "bad handle" first, so this module loaded.
+    starter = """
+    (module
+      (import "kv" "get" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func $start (drop (call $get (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))))
+      (start $start)
+      (func (export "x") (result i32) (i32.const 0)))
+    """
+    with pytest.raises(host.LoadError, match=r"kv\.get was called from the module's start function"):
+        wasm_host.load(starter, name="starter", tenant="acme")
+
+
 def test_unknown_plugins_raise_a_host_error(wasm_host: host.Host) -> None:
     with pytest.raises(host.UnknownPlugin, match="no plugin 'ghost' is loaded"):
         wasm_host.plugin("ghost")

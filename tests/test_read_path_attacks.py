@@ -4,10 +4,12 @@ forged cursors, repeated keys, keys the page decoders split and join, against th
 from __future__ import annotations
 
 import base64
+import itertools
 import random
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -241,3 +243,50 @@ def test_get_many_with_max_bytes_refuses_values_heavier_together_and_reads_littl
         for bad in (-1, 1.5, "10", True):
             with pytest.raises(kv.InvalidArgument, match="max_bytes must be None or an int >= 0"):
                 bucket.get_many(keys[:1], max_bytes=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda b: b.get_many(None), "keys must be a collection of keys, got NoneType"),
+        (lambda b: b.delete_many(5), "keys must be a collection of keys, got int"),
+        (lambda b: b.set_many(None), "set_many takes a mapping or \\(key, value\\) pairs, got NoneType"),
+        (lambda b: b.get_many(itertools.count()), "a batch holds at most 1000 items, got more"),
+        (lambda b: b.delete_many(str(i) for i in itertools.count()), "a batch holds at most 1000 items, got more"),
+        (lambda b: b.set_many((str(i), b"v") for i in itertools.count()), "a batch holds at most 1000 items"),
+    ],
+)
+def test_batch_methods_refuse_what_is_no_collection_and_endless_iterators_in_one_line(
+    store: kv.KvStore, call: Any, message: str
+) -> None:
+    bucket = store.tenant("acme").bucket()
+    bucket.set("kept", b"v")
+    with pytest.raises(kv.InvalidArgument, match=message):
+        call(bucket)
+    assert bucket.list_keys().keys == ["kept"]
+
+
+def test_a_listing_pages_past_keys_longer_than_a_lowered_max_key_bytes(store: kv.KvStore) -> None:
+    # Before: the cursor's length bound used the quota of now, so the page after such a key was refused.
+    tenant = store.tenant("acme")
+    bucket = tenant.bucket()
+    keys = [f"{i}" + "x" * 300 for i in range(3)]
+    for key in keys:
+        bucket.set(key, b"v")
+    tenant.set_quota(kv.Quota(max_key_bytes=64))
+    assert [key for key, _ in bucket.items(page_size=1)] == keys
+    assert [key for key, _ in bucket.items(page_size=1, reverse=True)] == keys[::-1]
+
+
+def test_max_key_bytes_stops_where_a_key_can_still_be_stored() -> None:
+    # Before: Quota(max_key_bytes=70_000) was accepted, and a key of 66,100 bytes raised a raw OverflowError.
+    with pytest.raises(kv.InvalidArgument, match=r"Quota\.max_key_bytes is at most 65535, got 70000"):
+        kv.Quota(max_key_bytes=70_000)
+    with kv.KvStore.memory() as store:
+        bucket = store.tenant("acme", kv.Quota(max_key_bytes=65_535, max_bytes=2**30)).bucket()
+        longest = "k" * 65_535
+        bucket.set(longest, b"v")
+        assert bucket.get(longest) == b"v" and bucket.list_keys().keys == [longest]
+    # A quota stored before the ceiling loads at the ceiling instead of making the tenant unreadable.
+    record = msgpack.packb({**msgpack.unpackb(kv.Quota().to_record()), "max_key_bytes": 100_000})
+    assert kv.Quota.from_record(record).max_key_bytes == 65_535

@@ -647,3 +647,43 @@ def test_a_main_thread_with_a_small_stack_limit_gets_one_line_from_the_cli(tmp_p
     assert "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert "thread 'MainThread' has a stack of" in line and "raise `ulimit -s`" in line
+
+
+OUTPUT_FLOOD = """
+(module
+  (import "host" "output" (func $out (param i32 i32) (result i32)))
+  (memory (export "memory") 1024 1024)
+  ;; Fills its output to the cap, then keeps asking to write its whole 64 MiB memory.
+  (func (export "flood") (result i32) (local $i i32) (local $refused i32)
+    (drop (call $out (i32.const 0) (i32.const 67108864)))
+    (loop $l
+      (if (i32.ne (call $out (i32.const 0) (i32.const 67108864)) (i32.const 0))
+        (then (local.set $refused (i32.add (local.get $refused) (i32.const 1)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 400))))
+    (local.get $refused)))
+"""
+
+
+def test_output_past_its_cap_is_refused_before_it_is_copied() -> None:
+    # Before: each refused output(0, 64 MiB) was first copied whole; 400 of them took 6 s of copying.
+    result = measured(
+        f"""
+        with kv.KvStore.memory() as store, host.Host(store) as h:
+            p = h.load({OUTPUT_FLOOD!r}, name="flood", tenant="evil",
+                       limits=host.Limits(memory_bytes=64 << 20, deadline_ms=20_000))
+            before = peak_mib()
+            started = time.monotonic()
+            try:
+                p.call("flood")
+            except host.PluginStatusError as exc:
+                RESULT["refused"] = exc.status
+                RESULT["output"] = len(exc.output)
+            RESULT["seconds"] = time.monotonic() - started
+            RESULT["grew_mib"] = peak_mib() - before
+        """
+    )
+    assert result["refused"] == 400 and result["output"] == 64 << 20
+    assert result["seconds"] < 2.0  # one 64 MiB copy in, one out; generous for a loaded machine
+    # The one accepted output (64 MiB, kept) and its copy out: nothing per refusal.
+    assert result["grew_mib"] < 64 * 2 + 32
