@@ -53,7 +53,7 @@ _KEYS: Final = (
     ConfigKey("tenants.NAME", "max_keys", "integer", "10000", "keys the tenant may hold, all buckets together"),
     ConfigKey("tenants.NAME", "max_bytes", "integer", "67108864", "key + value bytes the tenant may hold"),
     ConfigKey("tenants.NAME", "max_value_bytes", "integer", "1048576", "the largest value"),
-    ConfigKey("tenants.NAME", "max_key_bytes", "integer", "512", "the longest key, in UTF-8 bytes"),
+    ConfigKey("tenants.NAME", "max_key_bytes", "integer", "512", "the longest key, in UTF-8 bytes (at most 65535)"),
     ConfigKey("tenants.NAME", "ops_per_second", "number", "none (unlimited)", "operations per second per host process (a batch counts one per key)"),
     ConfigKey("tenants.NAME", "max_concurrent_calls", "integer", "none (unlimited)", "the tenant's plugin calls in flight per `wasmkv serve` worker; more get 429"),
     ConfigKey("plugins.NAME", "file", "string", "required", "the plugin's `.wasm` or `.wat` file; relative to the file"),
