@@ -701,8 +701,11 @@ class LmdbStore:
 
         `where` is the key's slot (`ns.prefix + key`) and `old` what it holds: never a long
         key's record, whose slots hold 0xFF, which no key does. False, having changed
-        nothing, if the write would pass the quota.
+        nothing, if the write would pass the quota, or if `old` has expired (the general path counts
+        its key as coming back to life, which usage, counting the expired record still, does not show).
         """
+        if old is not None and old[0] != NO_TTL and int.from_bytes(old[1:9], "big") <= now_ms(self._clock):
+            return False
         if old is None:
             add_keys, add_bytes = 1, len(key) + len(value)
         else:
@@ -1083,10 +1086,13 @@ class LmdbStore:
         return self._transact(run)
 
     def _charge(self, w: Writer, quota: Quota) -> None:
-        if w.add_keys <= 0 and w.add_bytes <= 0:
+        grow_keys, grow_bytes = w.add_keys + w.revived_keys, w.add_bytes + w.revived_bytes
+        if grow_keys <= 0 and grow_bytes <= 0:
             return  # a write that grows nothing passes any quota (the common overwrite): no usage to read
         w.usage = keys, size = read_usage(w.txn, self._usage, w.tenant_prefix[:-1])
-        quota.check(Usage(keys=keys, bytes=size), w.add_keys, w.add_bytes)
+        # Usage counts expired records until they are swept: a refusal sweeps them and decides again
+        # (`_mutate`), so a revived key passes exactly when it fits beside the live ones.
+        quota.check(Usage(keys=keys, bytes=size), grow_keys, grow_bytes)
 
     def _add_usage(
         self, txn: lmdb.Transaction, tenant: bytes, add_keys: int, add_bytes: int, read: tuple[int, int] | None = None

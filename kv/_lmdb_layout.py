@@ -496,6 +496,8 @@ class Writer:
         "expiry",
         "now",
         "ns",
+        "revived_bytes",
+        "revived_keys",
         "tenant_prefix",
         "txn",
         "usage",
@@ -510,6 +512,10 @@ class Writer:
         self.tenant_prefix = ns.tenant.encode() + b"\0"
         self.add_keys = 0
         self.add_bytes = 0
+        #: What overwriting expired records adds to the tenant's live usage beyond `add_*` (which count
+        #: stored records, as usage does): a quota check must count such a write as a new key.
+        self.revived_keys = 0
+        self.revived_bytes = 0
         #: The tenant's stored (keys, bytes), once read for the quota check.
         self.usage: tuple[int, int] | None = None
         self._read_key: bytes | None = None
@@ -542,6 +548,10 @@ class Writer:
             self.add_bytes += len(key) + len(value)
         else:
             self.add_bytes += len(value) - stored_len(record)
+            if not is_live(record, self.now):
+                # Usage still counts the expired record; the quota must see a key come back to life.
+                self.revived_keys += 1
+                self.revived_bytes += len(key) + stored_len(record)
 
     def put(self, key: bytes, value: bytes, expires_ms: int | None) -> None:
         """Store a record, keeping the expiry index in step; call after `plan_put` and the quota check."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from conftest import FakeClock
 
 from wasmkv import kv
 
@@ -290,3 +291,39 @@ def test_max_key_bytes_stops_where_a_key_can_still_be_stored() -> None:
     # A quota stored before the ceiling loads at the ceiling instead of making the tenant unreadable.
     record = msgpack.packb({**msgpack.unpackb(kv.Quota().to_record()), "max_key_bytes": 100_000})
     assert kv.Quota.from_record(record).max_key_bytes == 65_535
+
+
+@pytest.mark.parametrize("swept_first", [False, True])
+@pytest.mark.parametrize(
+    "revive",
+    [
+        lambda b: b.set("c", b"1"),
+        lambda b: b.set_with_ttl("c", b"1", 60_000),
+        lambda b: b.increment("c"),
+        lambda b: b.compare_and_swap("c", None, b"1"),
+        lambda b: b.set_many({"c": b"1"}),
+    ],
+)
+def test_writing_an_expired_key_counts_as_a_new_key_whether_or_not_it_was_swept(
+    tmp_path: Path, swept_first: bool, revive: Any
+) -> None:
+    # Before: an expired record not yet swept made the write an overwrite that grew nothing, so it passed a
+    # quota lowered below usage; once swept, the same write was refused.
+    clock = FakeClock()
+    with kv.KvStore.open(tmp_path / "s", sweep_interval_s=None, clock=clock) as store:
+        tenant = store.tenant("t", kv.Quota(max_keys=3))
+        bucket = tenant.bucket()
+        bucket.set("a", b"1")
+        bucket.set("b", b"1")
+        bucket.set_with_ttl("c", b"1", 1)
+        clock.tick(1000)  # c expired: two live keys
+        tenant.set_quota(kv.Quota(max_keys=1))  # below usage: writes that grow it fail
+        if swept_first:
+            store.sweep()
+        with pytest.raises(kv.QuotaExceeded, match="max_keys is 1"):
+            revive(bucket)
+        assert bucket.list_keys().keys == ["a", "b"] and bucket.get("c") is None
+        # Room again: the expired key comes back, counted once.
+        tenant.set_quota(kv.Quota(max_keys=3))
+        revive(bucket)
+        assert tenant.usage().keys == 3
