@@ -74,7 +74,7 @@ class GuestAbort(Exception):
 
 
 class PluginLog:
-    """A plugin's log for one call at a time: escaped lines, at most `LOG_BYTES_PER_CALL` characters per call."""
+    """A plugin's log for one call at a time: escaped lines, at most `LOG_BYTES_PER_CALL` bytes of UTF-8 per call."""
 
     def __init__(self, logger: logging.Logger, extra: dict[str, str] | None = None) -> None:
         self.logger = logger
@@ -105,11 +105,14 @@ class PluginLog:
             return
         text = safe_text(raw)
         room = self.room
+        # The cap counts the UTF-8 a handler writes: escapes and characters outside ASCII make it longer
+        # than the text's length (a line of emoji is four bytes a character).
+        size = len(text) if text.isascii() else len(text.encode())
         # A record costs more than its text: empty lines must not get past the cap for free.
-        self.written += len(text) + LOG_RECORD_COST + (room if cut else 0)
-        if cut or len(text) + LOG_RECORD_COST > room:
-            # Escapes make text longer than the bytes it came from: the cap counts what is written.
-            self.logger.log(level, "%s", text[:room], extra=self.extra)
+        self.written += size + LOG_RECORD_COST + (room if cut else 0)
+        if cut or size + LOG_RECORD_COST > room:
+            kept = text[:room] if text.isascii() else text.encode()[:room].decode(errors="ignore")
+            self.logger.log(level, "%s", kept, extra=self.extra)
             self.logger.warning(
                 "log truncated: this call wrote over %d bytes of log", LOG_BYTES_PER_CALL, extra=self.extra
             )

@@ -687,3 +687,31 @@ def test_output_past_its_cap_is_refused_before_it_is_copied() -> None:
     assert result["seconds"] < 2.0  # one 64 MiB copy in, one out; generous for a loaded machine
     # The one accepted output (64 MiB, kept) and its copy out: nothing per refusal.
     assert result["grew_mib"] < 64 * 2 + 32
+
+
+def _log_many(chunk: bytes) -> str:
+    escaped = "".join(f"\\{byte:02x}" for byte in chunk)
+    return f"""(module
+      (import "host" "log" (func $log (param i32 i32 i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 0) "{escaped}")
+      (func (export "flood") (result i32) (local $i i32)
+        (loop $l
+          (call $log (i32.const 1) (i32.const 0) (i32.const {len(chunk)}))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 100))))
+        (i32.const 0)))"""
+
+
+@pytest.mark.parametrize("chunk", ["😀".encode() * 1000, b"\xff" * 4000, "é".encode() * 2000])
+def test_the_log_cap_counts_the_utf8_bytes_written_not_characters(
+    chunk: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: the cap counted characters, so emoji wrote 4x and escaped bytes 3-4x the 64 KiB it promises.
+    with kv.KvStore.memory() as store, host.Host(store) as wasm_host:
+        plugin = wasm_host.load(_log_many(chunk), name="utf8", tenant="t")
+        with caplog.at_level("INFO", logger="wasmkv.plugin.utf8"):
+            plugin.call("flood")
+    written = sum(len(record.getMessage().encode()) for record in caplog.records)
+    assert 64 * 1024 - 8 * 1024 < written <= 64 * 1024 + 200
+    assert sum("truncated" in record.getMessage() for record in caplog.records) == 1
