@@ -27,7 +27,7 @@ from ._errors import (
 from ._imports import Grant
 from ._instance import Instance, trap_reason
 from ._limits import Limits
-from ._sandbox import Compiled, Sandbox, Source, check_thread_stack
+from ._sandbox import Compiled, Sandbox, Source, check_thread_stack, stack_checked
 from ._stats import CallRecord, Observer, OpCounts, PluginCounters, PluginStats, notify
 from ._text import safe_name, safe_text
 
@@ -189,7 +189,8 @@ class Plugin:
             PluginTrap: if it trapped for any other reason (including a host error in an import).
             StackTooSmall: if this thread's stack is too small to run wasm on (nothing ran).
         """
-        check_thread_stack()
+        if not stack_checked.ok:  # once per thread; after that, this one read
+            check_thread_stack()
         if type(input) is not bytes:
             if not isinstance(input, bytearray | memoryview):
                 raise TypeError(

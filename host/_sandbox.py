@@ -32,6 +32,7 @@ __all__ = [
     "Source",
     "check_thread_stack",
     "read_source",
+    "stack_checked",
 ]
 
 #: The epoch ticker's period: a runaway call stops within its deadline plus about one tick.
@@ -83,7 +84,8 @@ class _StackChecked(threading.local):
     ok = False
 
 
-_stack_checked = _StackChecked()
+#: `.ok` is True on a thread whose stack `check_thread_stack` found large enough (a hot path reads it inline).
+stack_checked = _StackChecked()
 
 
 def _thread_stack_size() -> int | None:
@@ -117,7 +119,7 @@ def check_thread_stack() -> None:
     Raises:
         StackTooSmall: naming the thread's stack size, the size needed and how to get it.
     """
-    if _stack_checked.ok:
+    if stack_checked.ok:
         return
     size = _thread_stack_size()
     if size is not None and size < THREAD_STACK_BYTES:
@@ -128,7 +130,7 @@ def check_thread_stack() -> None:
             f"{MAX_WASM_STACK // 1024} KiB of it): call from a thread started after "
             f"threading.stack_size({THREAD_STACK_BYTES}), or raise `ulimit -s` for the main thread"
         )
-    _stack_checked.ok = True
+    stack_checked.ok = True
 
 
 def _compile_error(name: str, label: str, exc: wasmtime.WasmtimeError) -> LoadError:
