@@ -512,15 +512,13 @@ class LmdbStore:
                 # Every stored record is live: LMDB's iterator reads the page, a few passes in C shape it.
                 paged = page_pairs(txn.cursor(), prefix, key_range, after, limit + 1, max_bytes)
                 if paged is not None:
-                    pairs, record_bytes = paged
-                    more = len(pairs) > limit
+                    stored, records, record_bytes = paged
+                    more = len(stored) > limit
                     if more:
-                        record_bytes -= sum(len(record) for _, record in pairs[limit:])
-                        del pairs[limit:]
-                    if not pairs:
+                        record_bytes -= sum(map(len, records[limit:]))
+                        del stored[limit:], records[limit:]
+                    if not stored:
                         return b"", [], None, False
-                    # Each pair is LMDB's (key, value): strict would check all of them again, to no end.
-                    stored, records = zip(*pairs, strict=False)
                     joined = b"".join(stored)
                     if not holds_long_key(joined):  # else the general path
                         # Without a TTL on the page (none in the tenant, or none among these records) each
@@ -529,7 +527,7 @@ class LmdbStore:
                         size = len(joined) - (len(prefix) + 1) * len(records) + record_bytes
                         if (earliest is None or not any(map(_FLAG, records))) and size <= max_bytes:
                             return joined, map(_AFTER_FLAG, records), None, more
-                        return _live_page(pairs, len(prefix), max_bytes, now, more)
+                        return _live_page(list(zip(stored, records, strict=True)), len(prefix), max_bytes, now, more)
             found = fast_scan(txn.cursor(), prefix, key_range, after, limit, max_bytes, now)
             if found is not None:
                 items, more = found

@@ -27,7 +27,6 @@ import hashlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from itertools import islice
-from operator import itemgetter
 from typing import Final, TypeVar, cast
 
 import lmdb
@@ -259,9 +258,6 @@ def _fast_walk(
     return (cursor.iterprev() if key_range.reverse else cursor.iternext()), floor, stop
 
 
-_second: Final = itemgetter(1)
-
-
 def _first_key(pair: tuple[bytes, bytes]) -> bytes:
     return pair[0]
 
@@ -320,9 +316,9 @@ _RECORD_HEADER_MAX: Final = 9
 
 def page_pairs(
     cursor: lmdb.Cursor[bytes], prefix: bytes, key_range: KeyRange, after: bytes | None, count: int, max_bytes: int
-) -> tuple[list[tuple[bytes, bytes]], int] | None:
-    """As `page_keys`, with each key's stored record: the first `count` (stored key, record) pairs, or
-    fewer once their values weigh more than `max_bytes`; and the bytes of their records together.
+) -> tuple[list[bytes], list[bytes], int] | None:
+    """As `page_keys`, with each key's stored record: the first `count` stored keys and their records, in
+    two lists, or fewer once the records weigh more than `max_bytes`; and the bytes of the records together.
 
     In that case one pair past the bound is kept, so that the caller, cutting the page at `max_bytes`,
     sees that more follow. Without the bound a page of 1000 records of 1 MiB would copy 1 GiB to
@@ -333,30 +329,38 @@ def page_pairs(
         return None
     floor, stop = bounds
     if not stop:
-        return [], 0
+        return [], [], 0
     walk = cursor.iterprev() if key_range.reverse else cursor.iternext()
-    pairs: list[tuple[bytes, bytes]] = []
+    stored: list[bytes] = []
+    records: list[bytes] = []
     record_bytes = 0
-    while len(pairs) < count:
-        wanted = min(count - len(pairs), _PAIRS_PER_LOOK)
+    over = False  # whether the records read weigh more than max_bytes: then one pair more, and no more
+    while len(stored) < count:
+        wanted = 1 if over else min(count - len(stored), _PAIRS_PER_LOOK)
         chunk = list(islice(walk, wanted))
-        pairs += chunk
-        # The records' sizes are wanted by the caller anyway: measured once, here, chunk by chunk.
-        record_bytes += sum(map(len, map(_second, chunk)))
-        if len(chunk) < wanted:  # the walk ended
+        if not chunk:
             break
-        # Their values weigh at least this (a record is its value behind a header of up to 9 bytes).
-        if record_bytes - _RECORD_HEADER_MAX * len(pairs) > max_bytes:
-            if len(pairs) < count:
-                extra = list(islice(walk, 1))
-                pairs += extra
-                record_bytes += sum(map(len, map(_second, extra)))
+        # The caller wants keys and records apart, and the records' size: each done once, here, in C.
+        keys, values = zip(*chunk, strict=False)
+        stored += keys
+        records += values
+        record_bytes += sum(map(len, values))
+        if over or len(chunk) < wanted:  # the pair past the bound is read, or the walk ended
             break
-    read = len(pairs)
-    pairs = _cut(pairs, floor, stop, key_range.reverse, _first_key)
-    if len(pairs) < read:  # the range ended inside the last chunk
-        record_bytes = sum(map(len, map(_second, pairs)))
-    return pairs, record_bytes
+        # The values weigh at least this (each sits behind a header of up to 9 bytes).
+        over = record_bytes - _RECORD_HEADER_MAX * len(stored) > max_bytes
+    # Drop what lies past the range's far bound (the keys come in the range's order).
+    if stored:
+        if key_range.reverse:
+            if stored[-1] < floor:
+                keep = len(stored) - bisect_left(stored[::-1], floor)
+                record_bytes -= sum(map(len, records[keep:]))
+                del stored[keep:], records[keep:]
+        elif stored[-1] >= stop:
+            keep = bisect_left(stored, stop)
+            record_bytes -= sum(map(len, records[keep:]))
+            del stored[keep:], records[keep:]
+    return stored, records, record_bytes
 
 
 def fast_keys(
