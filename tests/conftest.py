@@ -32,6 +32,21 @@ def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.Comple
     )
 
 
+def open_refusal(state: Path, writemap: str) -> str:
+    """What `KvStore.open(state, writemap=...)` refuses with, in a fresh interpreter (a hang fails the test)."""
+    code = f"""
+        import sys
+        from wasmkv import kv
+        try:
+            kv.KvStore.open(sys.argv[1], writemap={writemap}, sweep_interval_s=None)
+        except kv.BackendUnavailable as exc:
+            print(exc)
+    """
+    done = run_python(code, str(state), timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 def start_python(code: str, *args: str) -> subprocess.Popen[str]:
     """Start `code` (dedented) in a fresh interpreter with `args`, its stdin and stdout piped (text) to the test."""
     child = subprocess.Popen(
